@@ -15,7 +15,7 @@ __all__ = ["backproject_trilinear", "slice_trilinear"]
 
 @numba.njit(parallel=True, fastmath=False, cache=True)
 def slice_trilinear(volume, rotations, coords, scale, out):  # pragma: no cover - jitted
-    """out[b, m] = trilinear sample of ``volume`` at ``scale * R_b @ (coords[m, 0], coords[m, 1], 0)``.
+    """out[b, m] = trilinear sample of ``volume`` at ``scale * R_b @ (kx_m, ky_m, 0)``.
 
     volume : (P, P, P) complex; rotations : (B, 3, 3) float; coords : (M, 2) float (kx, ky);
     out : (B, M) complex, overwritten.  Points outside the grid give 0.

@@ -72,7 +72,7 @@ _current: contextvars.ContextVar[Backend | None] = contextvars.ContextVar(
 def cupy_available() -> bool:
     """True if CuPy imports and sees a usable CUDA device."""
     try:
-        import cupy  # noqa: PLC0415
+        import cupy
 
         return bool(cupy.cuda.is_available())
     except Exception:  # ImportError, CUDARuntimeError, ...
@@ -89,7 +89,7 @@ def _make_backend(name: str) -> Backend:
                 "is available; install it with `pip install cryonb[gpu]` on a machine with "
                 "a GPU, or use backend='numpy'."
             )
-        import cupy  # noqa: PLC0415
+        import cupy
 
         return Backend("cupy", cupy, cupy.fft)
     raise ValueError(f"unknown backend {name!r}; expected 'numpy' or 'cupy'")

@@ -102,7 +102,8 @@ class CTFParams:
     def concatenate(parts: list[CTFParams]) -> CTFParams:
         """Join several parameter sets end to end."""
         return CTFParams(
-            **{f.name: np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(CTFParams)}
+            **{f.name: np.concatenate([getattr(p, f.name) for p in parts])
+               for f in fields(CTFParams)}
         )
 
     def __eq__(self, other: object) -> bool:

@@ -36,8 +36,8 @@ __all__ = [
     "ifft2_centered",
     "ifft3_centered",
     "pad_center",
-    "radial_index",
     "radial_average",
+    "radial_index",
 ]
 
 

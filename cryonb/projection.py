@@ -45,7 +45,8 @@ def shift_phases(freqs_invA: Any, shifts_A: Any) -> Any:
     """
     xp = backend_of(freqs_invA).xp
     shifts = xp.asarray(shifts_A, dtype=freqs_invA.dtype)
-    phase = 2 * np.pi * (shifts[:, 0:1] * freqs_invA[None, :, 0] + shifts[:, 1:2] * freqs_invA[None, :, 1])
+    phase = 2 * np.pi * (shifts[:, 0:1] * freqs_invA[None, :, 0]
+                         + shifts[:, 1:2] * freqs_invA[None, :, 1])
     return xp.exp(1j * phase)
 
 
@@ -139,7 +140,7 @@ class Projector:
         rotations = xp.asarray(rotations, dtype=np.float64).reshape(-1, 3, 3)
         coords_px = xp.asarray(coords_px, dtype=np.float64).reshape(-1, 2)
         if self._numba():
-            from ._kernels import slice_trilinear  # noqa: PLC0415
+            from ._kernels import slice_trilinear
 
             out = np.empty((rotations.shape[0], coords_px.shape[0]), dtype=volume_ft.dtype)
             slice_trilinear(volume_ft, rotations, coords_px, float(self.pad), out)
@@ -160,9 +161,9 @@ class Projector:
         coords_px = xp.asarray(coords_px, dtype=np.float64).reshape(-1, 2)
         out = xp.zeros((p, p, p), dtype=complex_dtype)
         if self._numba():
-            import numba  # noqa: PLC0415
+            import numba
 
-            from ._kernels import backproject_trilinear  # noqa: PLC0415
+            from ._kernels import backproject_trilinear
 
             values = np.ascontiguousarray(values.reshape(rotations.shape[0], coords_px.shape[0]))
             backproject_trilinear(values, rotations, coords_px, float(self.pad), out,
@@ -203,7 +204,7 @@ def _scatter_add(xp: Any, target: Any, index: Any, values: Any) -> None:
     if xp is np:
         np.add.at(target, index, values)
         return
-    import cupyx  # noqa: PLC0415  # CuPy-specific, exercised only with a GPU
+    import cupyx  # CuPy-specific, exercised only with a GPU
 
     cupyx.scatter_add(target.real, index, values.real)
     cupyx.scatter_add(target.imag, index, values.imag)

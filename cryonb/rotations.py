@@ -31,13 +31,15 @@ __all__ = [
 def _rz(a: NDArray) -> NDArray:
     c, s = np.cos(a), np.sin(a)
     z, o = np.zeros_like(a), np.ones_like(a)
-    return np.stack([np.stack([c, -s, z], -1), np.stack([s, c, z], -1), np.stack([z, z, o], -1)], -2)
+    rows = [np.stack([c, -s, z], -1), np.stack([s, c, z], -1), np.stack([z, z, o], -1)]
+    return np.stack(rows, -2)
 
 
 def _ry(a: NDArray) -> NDArray:
     c, s = np.cos(a), np.sin(a)
     z, o = np.zeros_like(a), np.ones_like(a)
-    return np.stack([np.stack([c, z, s], -1), np.stack([z, o, z], -1), np.stack([-s, z, c], -1)], -2)
+    rows = [np.stack([c, z, s], -1), np.stack([z, o, z], -1), np.stack([-s, z, c], -1)]
+    return np.stack(rows, -2)
 
 
 def euler_to_matrix(rot_deg: ArrayLike, tilt_deg: ArrayLike, psi_deg: ArrayLike) -> NDArray:
@@ -103,7 +105,7 @@ def matrix_to_quaternion(matrices: ArrayLike) -> NDArray:
     )
     choice = np.argmax(cands, axis=-1)
     t = np.sqrt(np.maximum(np.take_along_axis(cands, choice[..., None], -1)[..., 0], 1e-300))
-    q = np.empty(r.shape[:-2] + (4,))
+    q = np.empty((*r.shape[:-2], 4))
     s = 0.5 / t
     a = r
     opts = [

@@ -21,7 +21,8 @@ def _params(**kw):
 
 def test_ctf_against_hand_computed_values():
     # Hand computation at k = (0.05, 0.02) 1/Å: theta = atan2(0.02, 0.05); dfz = 17500 +
-    # 2500 cos(2 (theta - 30 deg)); gamma = -pi lam dfz k^2 + pi/2 Cs lam^3 k^4 - atan(Q/sqrt(1-Q^2));
+    # 2500 cos(2 (theta - 30 deg));
+    # gamma = -pi lam dfz k^2 + pi/2 Cs lam^3 k^4 - atan(Q / sqrt(1 - Q^2));
     # CTF = -sin(gamma) = -0.5011628501 (and with phi = 90 deg, B = 100, scale 0.9: -0.7243516575)
     kx, ky = np.array([0.05]), np.array([0.02])
     np.testing.assert_allclose(evaluate_ctf(_params(), kx, ky)[0, 0], -0.5011628501062113,

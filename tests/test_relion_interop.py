@@ -127,7 +127,7 @@ def _write_relion_inputs(tmp: Path, box: int, psize: float, rot_deg, origins_A, 
 @pytest.mark.relion
 @pytest.mark.skipif(shutil.which("relion_project") is None,
                     reason="RELION is not installed (apt-get install relion)")
-@pytest.mark.parametrize("box", [33, 32])
+@pytest.mark.parametrize("box", [33, 32, pytest.param(128, marks=pytest.mark.slow)])
 def test_live_relion_project_odd_and_even_box(tmp_path, box):
     """Run relion_project on a smooth random volume (odd and even box) and compare.
 

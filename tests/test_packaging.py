@@ -1,0 +1,50 @@
+"""Packaging: pyproject.toml and environment.yml agree; the console script works."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+import cryonb
+from cryonb.cli import COMMANDS, main
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _norm(req: str) -> tuple[str, str]:
+    req = req.split(";")[0]  # environment markers are pip-only
+    m = re.match(r"^\s*([A-Za-z0-9_.\-]+)\s*(.*)$", req)
+    name = m.group(1).lower().replace("_", "-")
+    return name, m.group(2).replace(" ", "")
+
+
+def test_environment_yml_mirrors_pyproject():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = set(project["dependencies"])
+    for extra in ("widgets", "test"):
+        wanted |= set(project["optional-dependencies"][extra])
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    conda = {d for d in env["dependencies"] if isinstance(d, str)}
+    conda -= {d for d in conda if _norm(d)[0] in ("python", "pip")}
+    assert {_norm(d) for d in conda} == {_norm(d) for d in wanted}
+    python_pin = [d for d in env["dependencies"] if isinstance(d, str) and d.startswith("python")]
+    assert python_pin == [f"python{project['requires-python']}"]
+
+
+def test_version_and_help(capsys):
+    assert re.match(r"^\d+\.\d+\.\d+", cryonb.__version__)
+    script = Path(sys.executable).parent / "cryonb"  # the installed console script
+    out = subprocess.run([str(script), "--version"], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == f"cryonb {cryonb.__version__}"
+    assert main([]) == 2
+    help_text = capsys.readouterr().out
+    for name in COMMANDS:
+        assert name in help_text
