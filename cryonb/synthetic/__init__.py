@@ -1,0 +1,1 @@
+"""Synthetic data: density maps of atomic models and simulated particle stacks."""
