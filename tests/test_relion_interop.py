@@ -12,15 +12,16 @@ from pathlib import Path
 
 import mrcfile
 import numpy as np
-import pandas as pd
 import pytest
 import starfile
 
+from cryonb.cli import main as cli_main
 from cryonb.ctf import CTFParams, evaluate_ctf
 from cryonb.fourier import fft2_centered, frequency_grid_2d
 from cryonb.image_model import ImageModel
+from cryonb.io import read_mrc, write_mrc, write_particles_star
 from cryonb.projection import shift_phases
-from cryonb.rotations import euler_to_matrix, matrix_to_euler, random_rotations
+from cryonb.rotations import euler_to_matrix, random_rotations
 
 DATA = Path(__file__).parent / "data" / "relion_project_pointmass"
 BOX, PSIZE = 64, 3.54
@@ -105,23 +106,12 @@ def test_relion_spectrum_is_the_relion_ctf():
         assert resid < 0.03 and abs(gain - 1) < 0.005, (i, resid, gain)
 
 
-def _write_relion_inputs(tmp: Path, box: int, psize: float, rot_deg, origins_A, ctf_rows):
-    optics = pd.DataFrame({
-        "rlnOpticsGroup": [1], "rlnOpticsGroupName": ["opticsGroup1"],
-        "rlnVoltage": [300.0], "rlnSphericalAberration": [2.7], "rlnAmplitudeContrast": [0.1],
-        "rlnImagePixelSize": [psize], "rlnImageSize": [box], "rlnImageDimensionality": [2],
-    })
-    n = len(rot_deg)
-    parts = pd.DataFrame({
-        "rlnImageName": [f"{i + 1:06d}@dummy.mrcs" for i in range(n)],
-        "rlnAngleRot": rot_deg[:, 0], "rlnAngleTilt": rot_deg[:, 1], "rlnAnglePsi": rot_deg[:, 2],
-        "rlnOriginXAngst": origins_A[:, 0], "rlnOriginYAngst": origins_A[:, 1],
-        "rlnDefocusU": ctf_rows[:, 0], "rlnDefocusV": ctf_rows[:, 1],
-        "rlnDefocusAngle": ctf_rows[:, 2], "rlnPhaseShift": np.zeros(n),
-        "rlnCtfBfactor": np.zeros(n), "rlnCtfScalefactor": np.ones(n),
-        "rlnOpticsGroup": np.ones(n, dtype=int),
-    })
-    starfile.write({"optics": optics, "particles": parts}, tmp / "in.star")
+def _write_relion_inputs(tmp: Path, box: int, psize: float, rotations, origins_A, ctf):
+    """Write the STAR with cryonb's own writer, so RELION reading it is part of the test."""
+    write_particles_star(
+        tmp / "in.star", image_paths=[str(tmp / "dummy.mrcs")] * len(rotations),
+        image_indices=np.arange(len(rotations)), pixel_size_A=psize, box_size=box, ctf=ctf,
+        rotations=rotations, shifts_A=origins_A)
 
 
 @pytest.mark.relion
@@ -143,23 +133,19 @@ def test_live_relion_project_odd_and_even_box(tmp_path, box):
     for _ in range(6):
         c = rng.uniform(-6, 6, 3)
         vol += np.exp(-((x - c[0]) ** 2 + (y - c[1]) ** 2 + (z - c[2]) ** 2) / (2 * 2.0**2))
-    with mrcfile.new(tmp_path / "vol.mrc") as m:
-        m.set_data(vol.astype(np.float32))
-        m.voxel_size = psize
+    write_mrc(tmp_path / "vol.mrc", vol, psize)  # cryonb's writer: RELION reads its header
     n = 8
     rot = random_rotations(n, rng)
-    angles = np.stack(matrix_to_euler(rot), 1)
     origins = rng.uniform(-6, 6, (n, 2))
-    ctf_rows = np.stack([rng.uniform(1e4, 2e4, n), rng.uniform(1e4, 2e4, n),
-                         rng.uniform(-90, 90, n)], 1)
-    _write_relion_inputs(tmp_path, box, psize, angles, origins, ctf_rows)
+    ctf = CTFParams(rng.uniform(1e4, 2e4, n), rng.uniform(1e4, 2e4, n), rng.uniform(-90, 90, n),
+                    300.0, 2.7, 0.1)
+    _write_relion_inputs(tmp_path, box, psize, rot, origins, ctf)
     subprocess.run(
         ["relion_project", "--i", "vol.mrc", "--o", "proj", "--ang", "in.star", "--ctf",
          "--angpix", str(psize), "--pad", "2"],
         cwd=tmp_path, check=True, capture_output=True, timeout=300,
     )
     relion = mrcfile.read(tmp_path / "proj.mrcs").astype(np.float64)
-    ctf = CTFParams(ctf_rows[:, 0], ctf_rows[:, 1], ctf_rows[:, 2], 300.0, 2.7, 0.1)
     model = ImageModel(box, psize, pad=2)
     vol32 = vol.astype(np.float32).astype(np.float64)
     odd_offset_A = (box % 2) * psize  # relion_project odd-box quirk: centre at N//2 + 1
@@ -167,3 +153,9 @@ def test_live_relion_project_odd_and_even_box(tmp_path, box):
     assert _relative_errors(sim, relion).max() < 1e-3
     if box % 2:
         assert _relative_errors(model.forward(vol32, rot, origins, ctf), relion).min() > 0.2
+    else:  # the same through the CLI: cryonb project reads the STAR and map, writes the stack
+        assert cli_main(["project", str(tmp_path / "vol.mrc"), "--star", str(tmp_path / "in.star"),
+                         "--out", str(tmp_path / "ours.mrcs"), "--ctf"]) == 0
+        ours = read_mrc(tmp_path / "ours.mrcs")
+        assert ours.voxel_size_A == pytest.approx(psize)
+        assert _relative_errors(np.asarray(ours.data, np.float64), relion).max() < 1e-3
