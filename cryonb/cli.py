@@ -14,6 +14,7 @@ COMMANDS = {
     "demo": "demo",
     "info": "info",
     "project": "project",
+    "simulate": "simulate",
 }
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -33,12 +34,16 @@ from ..ctf import CTFParams
 from ..image_model import ImageModel
 from ..rotations import random_rotations
 
+if TYPE_CHECKING:
+    from ..dataset import Dataset
+
 __all__ = [
     "SimulatedParticles",
     "SimulationParams",
     "SimulationResult",
     "draw_ctfs",
     "draw_particles",
+    "load_simulation",
     "read_ctf_table",
     "simulate_to_files",
 ]
@@ -175,6 +180,7 @@ class SimulationResult:
     noise_sigma: float
     signal_variance: float
     achieved_snr: float
+    truth: SimulatedParticles
 
 
 def simulate_to_files(volume: NDArray, pixel_size_A: float, params: SimulationParams,
@@ -240,4 +246,22 @@ def simulate_to_files(volume: NDArray, pixel_size_A: float, params: SimulationPa
         shifts_A=truth.shifts_A, half_set=np.arange(n) % 2,
     )
     return SimulationResult(star_path, stack_path, truth_path, sigma, float(signal_var),
-                            float(signal_var / noise_var))
+                            float(signal_var / noise_var), truth)
+
+
+def load_simulation(out_dir: str | Path) -> Dataset:
+    """Open a simulated data set written by :func:`simulate_to_files` with its ground truth.
+
+    The STAR file's poses and origins are the true ones; they become ``dataset.truth`` (with the
+    map ``truth.mrc``) and are removed from the dataset's own poses, as ab initio input.
+    """
+    from ..dataset import Dataset, GroundTruth
+    from ..io import read_mrc
+
+    out = Path(out_dir)
+    ds = Dataset.from_star(out / "particles.star")
+    truth_map = read_mrc(out / "truth.mrc", mmap=False)
+    truth = GroundTruth(volume=np.asarray(truth_map.data, dtype=np.float32),
+                        volume_pixel_size_A=truth_map.voxel_size_A,
+                        rotations=ds.rotations, shifts_A=ds.shifts_A)
+    return ds.with_poses(None, None).with_truth(truth)
