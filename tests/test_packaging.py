@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 try:
@@ -48,3 +49,16 @@ def test_version_and_help(capsys):
     help_text = capsys.readouterr().out
     for name in COMMANDS:
         assert name in help_text
+
+
+def test_demo_writes_the_data_set_and_pictures(tmp_path):
+    from cryonb.dataset import Dataset
+    from cryonb.io import read_mrc
+
+    assert main(["demo", "--out", str(tmp_path), "--n", "40", "--box", "48",
+                 "--pixel-size", "7.5"]) == 0
+    for name in ("demo.png", "map_sections.png", "ctf.png"):
+        assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
+    ds = Dataset.from_star(tmp_path / "particles.star")
+    assert len(ds) == 40 and ds.pixel_size_A == 7.5
+    assert read_mrc(tmp_path / "truth.mrc").voxel_size_A == pytest.approx(7.5)

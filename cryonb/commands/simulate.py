@@ -59,6 +59,18 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
 
 
+def build_args(**values: object) -> argparse.Namespace:
+    """The namespace ``cryonb simulate`` would parse, with defaults, overridden by ``values``."""
+    parser = argparse.ArgumentParser()
+    add_args(parser)
+    args = parser.parse_args(["--out", str(values.pop("out"))])
+    for key, value in values.items():
+        if not hasattr(args, key):
+            raise TypeError(f"cryonb simulate has no option {key!r}")
+        setattr(args, key, value)
+    return args
+
+
 def _volume_from_map(path: Path, box: int, pixel_size_A: float) -> np.ndarray:
     """Resample a map to ``box`` px at ``pixel_size_A`` by Fourier crop/pad and centre crop/pad."""
     mrc = read_mrc(path, mmap=False)
