@@ -18,6 +18,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import mrcfile
 import mrcfile.utils
@@ -251,7 +252,8 @@ class MrcStackWriter:
         self.n_images = int(n_images)
         self.box_size = int(box_size)
         self.pixel_size_A = _check_voxel_size(pixel_size_A)
-        self._mrc: mrcfile.mrcmemmap.MrcMemmap | None = None
+        self._file: Any = None
+        self._data_offset = 0
         self._written = np.zeros(self.n_images, dtype=bool)
         self._stats = [np.inf, -np.inf, 0.0, 0.0]  # min, max, sum, sum of squares
 
@@ -263,15 +265,21 @@ class MrcStackWriter:
         self.close()
 
     def open(self) -> None:
-        """Create the file with its final size."""
+        """Create the file with its final size and header; pixels are written by :meth:`write`.
+
+        Pixels go through ordinary file writes, not a memory map, so the written stack does not
+        count towards (or stay in) the process's resident memory.
+        """
         shape = (self.n_images, self.box_size, self.box_size)
-        self._mrc = mrcfile.new_mmap(self.path, shape=shape, mrc_mode=2, overwrite=True)
-        self._mrc.set_image_stack()
-        self._mrc.voxel_size = (self.pixel_size_A,) * 3
+        with mrcfile.new_mmap(self.path, shape=shape, mrc_mode=2, overwrite=True) as mrc:
+            mrc.set_image_stack()
+            mrc.voxel_size = (self.pixel_size_A,) * 3
+            self._data_offset = int(mrc.header.nbytes + mrc.extended_header.nbytes)
+        self._file = open(self.path, "r+b")  # closed in close()
 
     def write(self, start: int, images: ArrayLike) -> None:
         """Write ``images`` (k, box, box) at positions ``start .. start + k - 1`` (0-based)."""
-        if self._mrc is None:
+        if self._file is None:
             self.open()
         chunk = np.asarray(images, dtype=np.float32)
         if chunk.ndim != 3 or chunk.shape[1:] != (self.box_size, self.box_size):
@@ -280,7 +288,9 @@ class MrcStackWriter:
         stop = start + chunk.shape[0]
         if start < 0 or stop > self.n_images:
             raise ValueError(f"images {start}..{stop - 1} do not fit a stack of {self.n_images}")
-        self._mrc.data[start:stop] = chunk
+        assert self._file is not None
+        self._file.seek(self._data_offset + start * self.box_size**2 * 4)
+        self._file.write(np.ascontiguousarray(chunk, dtype="<f4").tobytes())
         self._written[start:stop] = True
         values = chunk.astype(np.float64)
         self._stats[0] = min(self._stats[0], float(values.min()))
@@ -290,19 +300,18 @@ class MrcStackWriter:
 
     def close(self) -> None:
         """Write the header statistics and close; an error if images were never written."""
-        if self._mrc is None:
+        if self._file is None:
             return
-        mrc, self._mrc = self._mrc, None
-        try:
-            if not self._written.all():
-                missing = np.flatnonzero(~self._written)
-                raise RuntimeError(f"{self.path}: {missing.size} images were never written "
-                                   f"(first: {missing[0]})")
-            count = self._written.size * self.box_size**2
-            mean = self._stats[2] / count
+        self._file.close()
+        self._file = None
+        if not self._written.all():
+            missing = np.flatnonzero(~self._written)
+            raise RuntimeError(f"{self.path}: {missing.size} images were never written "
+                               f"(first: {missing[0]})")
+        count = self._written.size * self.box_size**2
+        mean = self._stats[2] / count
+        with mrcfile.mmap(self.path, mode="r+") as mrc:  # the pixels are not read
             mrc.header.dmin = self._stats[0]
             mrc.header.dmax = self._stats[1]
             mrc.header.dmean = mean
             mrc.header.rms = np.sqrt(max(self._stats[3] / count - mean**2, 0.0))
-        finally:
-            mrc.close()
