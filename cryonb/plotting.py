@@ -15,7 +15,7 @@ from numpy.typing import ArrayLike
 from .ctf import CTFParams, evaluate_ctf
 from .fourier import frequency_grid_2d
 
-__all__ = ["ctf_figure", "image_rows", "orthogonal_slices"]
+__all__ = ["ctf_figure", "fsc_figure", "image_rows", "orthogonal_slices"]
 
 
 def image_rows(rows: Sequence[ArrayLike], row_titles: Sequence[str], *,
@@ -108,4 +108,22 @@ def ctf_figure(ctf: CTFParams, box_size: int, pixel_size_A: float) -> Figure:
     ax2.set_xlabel("kx (1/Å)")
     ax2.set_ylabel("ky (1/Å)")
     ax2.set_title("2D (zero frequency at the centre)", fontsize=8)
+    return fig
+
+
+def fsc_figure(curves: Sequence, labels: Sequence[str], *,
+               thresholds: Sequence[float] = (0.143, 0.5)) -> Figure:
+    """FSC curves (:class:`cryonb.metrics.FSCResult`) against spatial frequency, with thresholds
+    and the resolution (Å) at each first crossing in the legend."""
+    fig = Figure(figsize=(6.0, 3.4), layout="constrained")
+    ax = fig.subplots()
+    for curve, label in zip(curves, labels, strict=True):
+        res = ", ".join(f"{curve.resolution_A(t):.1f} Å@{t:g}" for t in thresholds)
+        ax.plot(curve.freq_invA[1:], curve.fsc[1:], lw=1.2, label=f"{label} ({res})")
+    for t in thresholds:
+        ax.axhline(t, color="0.6", lw=0.6, ls="--")
+    ax.set_xlabel("spatial frequency (1/Å)")
+    ax.set_ylabel("FSC")
+    ax.set_ylim(-0.1, 1.02)
+    ax.legend(fontsize=7)
     return fig
