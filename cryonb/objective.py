@@ -14,6 +14,7 @@ density.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -21,9 +22,122 @@ from numpy.typing import NDArray
 
 from .dataset import Dataset
 from .image_model import ImageModel
+from .likelihood import MarginalLikelihood
+from .quadrature import Quadrature
 from .sagd import Evaluation
 
-__all__ = ["KnownPoseObjective"]
+__all__ = ["KnownPoseObjective", "MarginalObjective", "QuadratureOptions"]
+
+
+@dataclass(frozen=True)
+class QuadratureOptions:
+    """How :class:`MarginalObjective` sizes its pose quadrature at each band limit.
+
+    See :meth:`cryonb.quadrature.Quadrature.for_band_limit`.  ``particle_radius_A`` sets the
+    angular spacing (default: half the box); ``shift_sigma_A`` / ``shift_extent_A`` the Gaussian
+    shift prior and its truncation.
+    """
+
+    particle_radius_A: float | None = None
+    undersample: float = 1.0
+    shift_undersample: float = 1.0
+    shift_sigma_A: float | None = 10.0
+    shift_extent_A: float = 30.0
+
+
+class MarginalObjective:
+    """The paper's objective: ``-log p(I_b | V)`` marginalised over poses and shifts (Eq. 4).
+
+    Parameters
+    ----------
+    dataset : Dataset
+        Images with CTFs (poses, if any, are ignored).
+    noise_sigma : float
+        Real-space noise standard deviation per pixel (1 after ``Dataset.normalized()``).
+    rng : numpy.random.Generator
+        Draws the importance samples.
+    sampler : ImportanceSampler, optional
+        Per-particle importance sampling (None: exhaustive sums).
+    quadrature : QuadratureOptions
+    pad : int
+        Projector oversampling.
+    dtype : float32 (default) or float64
+        Precision of the likelihood computation.
+    """
+
+    def __init__(self, dataset: Dataset, noise_sigma: float, *, rng: np.random.Generator,
+                 sampler: Any = None, quadrature: QuadratureOptions | None = None,
+                 pad: int = 2, dtype: Any = np.float32) -> None:
+        self.dataset = dataset
+        self.noise_sigma = float(noise_sigma)
+        self.rng = rng
+        self.sampler = sampler
+        self.options = quadrature or QuadratureOptions()
+        self.pad = pad
+        self.dtype = np.dtype(dtype)
+        self.pixel_size_A = dataset.pixel_size_A
+        self.max_freq_invA: float | None = None
+        self._quadratures: dict[float, Quadrature] = {}
+        self.likelihood: MarginalLikelihood | None = None
+        self.last_result: Any = None  # the LikelihoodResult of the latest evaluate()
+
+    def quadrature_for(self, max_freq_invA: float) -> Quadrature:
+        """The (cached) quadrature at band limit ``max_freq_invA``."""
+        key = round(float(max_freq_invA), 10)
+        if key not in self._quadratures:
+            o = self.options
+            self._quadratures[key] = Quadrature.for_band_limit(
+                key, box_size=self.dataset.box_size, pixel_size_A=self.dataset.pixel_size_A,
+                particle_radius_A=o.particle_radius_A, undersample=o.undersample,
+                shift_undersample=o.shift_undersample, shift_sigma_A=o.shift_sigma_A,
+                shift_extent_A=o.shift_extent_A)
+        return self._quadratures[key]
+
+    def set_band_limit(self, max_freq_invA: float) -> None:
+        """Band limit ``w`` (1/Å): image model, quadrature and likelihood engine follow."""
+        nyquist = 0.5 / self.dataset.pixel_size_A
+        w = min(float(max_freq_invA), nyquist)
+        self.max_freq_invA = w
+        model = ImageModel(self.dataset.box_size, self.dataset.pixel_size_A, max_freq_invA=w,
+                           pad=self.pad)
+        self.likelihood = MarginalLikelihood(model, self.quadrature_for(w))
+
+    def evaluate(self, volume: NDArray, indices: NDArray, *, gradient: bool, record: bool,
+                 iteration: int = 0, reuse: Any = None) -> Evaluation:
+        """Per-image marginal NLL, and the gradient of their sum w.r.t. the real-space map."""
+        if self.likelihood is None:
+            raise RuntimeError("call set_band_limit() first")
+        lik = self.likelihood
+        idx = np.asarray(indices, dtype=np.int64)
+        if reuse is not None:
+            prepared, subsets = reuse
+        else:
+            ctf = None if self.dataset.ctf is None else self.dataset.ctf.subset(idx)
+            prepared = lik.prepare(self.dataset.images(idx), ctf, self.noise_sigma,
+                                   dtype=self.dtype)
+            subsets = None
+            if self.sampler is not None:
+                subsets = self.sampler.sample(idx, lik.quadrature, iteration, self.rng)
+        volume_ft = lik.model.projector.volume_to_fourier(np.asarray(volume, dtype=self.dtype))
+        result = lik.evaluate(volume_ft, prepared, subsets=subsets, gradient=gradient)
+        if record and self.sampler is not None and reuse is None:
+            self.sampler.update(idx, subsets, result, iteration)
+        self.last_result = result
+        fraction = float(np.mean(result.n_evaluated)) / lik.quadrature.size
+        grad = None if result.gradient is None else -np.asarray(result.gradient, np.float64)
+        return Evaluation(nll=-np.asarray(result.log_likelihood, dtype=np.float64), grad=grad,
+                          fraction_evaluated=fraction, token=(prepared, subsets))
+
+    def state_dict(self) -> dict[str, Any]:
+        """The importance sampler's state (per-particle distributions and their grids)."""
+        if self.sampler is None:
+            return {}
+        return self.sampler.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`; grids are rebuilt from their band limits."""
+        if self.sampler is not None and state:
+            self.sampler.load_state_dict(state, self.quadrature_for)
 
 
 class KnownPoseObjective:
@@ -54,7 +168,7 @@ class KnownPoseObjective:
                                 max_freq_invA=max_freq_invA, pad=self.pad)
 
     def evaluate(self, volume: NDArray, indices: NDArray, *, gradient: bool, record: bool,
-                 reuse: Any = None) -> Evaluation:
+                 iteration: int = 0, reuse: Any = None) -> Evaluation:
         """Per-image NLL and the gradient of their sum (real space, ``(N, N, N)``)."""
         ds, model = self.dataset, self.model
         n = ds.box_size

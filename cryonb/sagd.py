@@ -75,8 +75,13 @@ class Objective(Protocol):
         """Work at band limit ``max_freq_invA`` from now on (quadrature follows)."""
 
     def evaluate(self, volume: NDArray, indices: NDArray, *, gradient: bool, record: bool,
-                 reuse: Any = None) -> Evaluation:
-        """Per-image NLL (and gradient) of images ``indices`` for ``volume``."""
+                 iteration: int, reuse: Any = None) -> Evaluation:
+        """Per-image NLL (and gradient) of images ``indices`` for ``volume``.
+
+        ``record``: let the evaluation update per-image state (importance sampling);
+        ``iteration``: the solver's iteration (schedules); ``reuse``: a previous evaluation's
+        ``token`` to evaluate on the same pose samples (line search).
+        """
 
     def state_dict(self) -> dict[str, Any]:
         """Arrays and scalars to checkpoint (e.g. importance-sampling state)."""
@@ -120,6 +125,9 @@ class SAGDParams:
     max_iterations, max_epochs, time_limit_s : optional budgets
     positivity : bool
         Truncate negative densities after each step (paper: yes).
+    learning_rate_offset : int
+        Added to the iteration in the learning-rate schedule (a solver that continues another's
+        work, e.g. a half-set after the common start).
     """
 
     batch_size: int = 200
@@ -141,6 +149,7 @@ class SAGDParams:
     max_epochs: float | None = None
     time_limit_s: float | None = None
     positivity: bool = True
+    learning_rate_offset: int = 0
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.n_heldout < 0:
@@ -163,8 +172,9 @@ def band_limit_at(iteration: int, params: SAGDParams) -> tuple[int, float]:
 
 
 def learning_rate_at(iteration: int, params: SAGDParams) -> float:
-    """``eps = max(eps_min, 2^(1 - floor(iteration / eps_halving)))``."""
-    return max(params.eps_min, 2.0 ** (1 - iteration // params.eps_halving))
+    """``eps = max(eps_min, 2^(1 - floor(t / eps_halving)))``, ``t`` = iteration + offset."""
+    t = iteration + params.learning_rate_offset
+    return max(params.eps_min, 2.0 ** (1 - t // params.eps_halving))
 
 
 # --------------------------------------------------------------------------- initial map
@@ -406,7 +416,7 @@ class SAGDSolver:
                         reuse: Any = None, gradient: bool = True) -> tuple[float, NDArray | None,
                                                                         Evaluation]:
         ev = self.objective.evaluate(volume, indices, gradient=gradient, record=record,
-                                     reuse=reuse)
+                                     iteration=self.state.iteration, reuse=reuse)
         n = len(indices)
         value = float(ev.nll.mean()) + self.prior.log_prob(volume) * -1.0 / self.n_train
         grad = None
@@ -434,7 +444,10 @@ class SAGDSolver:
         held = self.state.heldout
         if held.size == 0:
             return math.nan
-        ev = self.objective.evaluate(volume, held, gradient=False, record=False)
+        # held-out particles keep their own importance-sampling state (record=True): it
+        # learns only where their poses are, never the map
+        ev = self.objective.evaluate(volume, held, gradient=False, record=True,
+                                     iteration=self.state.iteration)
         return float(ev.nll.mean())
 
     # ------------------------------------------------------------------ one iteration

@@ -1,0 +1,497 @@
+"""Importance sampling of the pose quadrature (Section 3.3, Eqs. 9-14).
+
+Estimator
+---------
+For each image, independent multinomial draws of ``n_X`` indices from proposals ``q^X`` over the
+directions, in-plane angles and shifts of a :class:`~cryonb.quadrature.Quadrature` give the
+tensor-product estimate (Eqs. 10-13, with the reference code's split of R into direction and
+in-plane angle)::
+
+    p(I | V) ~ sum_{d in J_D} sum_{i in J_I} sum_{s in J_S} a_d a_i a_s w_d w_i w_s p(I | d,i,s,V)
+    a_j = count_j / (n_X q^X_j)                   (the importance weight of a distinct index j)
+
+Each factor has expectation 1 at every point and the three draws are independent, so the
+estimate of ``p(I | V)`` (not of its log) is unbiased whenever ``q > 0`` everywhere (``alpha > 0``
+guarantees it).  Only the distinct indices are evaluated, by
+:meth:`cryonb.likelihood.MarginalLikelihood.evaluate` with the :class:`PoseSubset` returned by
+:meth:`ImportanceSampler.sample`.  When ``n_X >= enumerate_fraction * |D_X|`` the domain is
+enumerated instead (weights 1), so with all points the estimate *is* the exact sum.
+
+Proposal (Eq. 14)
+-----------------
+``q_j = alpha / |D| + (1 - alpha) phi~_j / Z`` with ``phi~ = sum_i phi_i^(1/T) K_ij`` the annealed
+posterior marginal of the image's previous visit, diffused by a kernel ``K`` onto the current
+grid: von Mises-Fisher on S^2 and S^1 with the reference's concentration (the kernel falls to 1/4
+(S^2) or 1/2 (S^1) one grid spacing away, ALGORITHM.md 8.4) and a Gaussian of ``0.67`` grid
+spacings on shifts -- the spacing being that of the grid the posterior was recorded on, so the
+same code carries a distribution over to a finer grid when the band limit grows.  The number of
+draws is ``n = min(ceil(s_B * ESS(q)), |D|)`` with ``ESS(q) = 1 / sum q^2`` and ``s_B = 10``.
+Early on (``alpha = 1``) every point is evaluated.  The reference's extra "global" population
+term (not in the paper) is not implemented.
+
+State (memory per particle)
+---------------------------
+Per particle and domain only the ``K`` largest entries of the annealed previous marginal are kept
+(int32 index + float32 log-probability) plus the leftover mass, which is spread uniformly over the
+domain -- a fixed ``~8 K`` bytes per domain, independent of the quadrature size
+(:attr:`ImportanceSampler.bytes_per_particle`; defaults ``K = 128, 32, 64``: 1,806 bytes, i.e.
+72 MB for 40,000 particles).  Everything is NumPy on the host; randomness comes only from the
+``rng`` argument.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+from numpy.typing import ArrayLike, NDArray
+
+from .likelihood import LikelihoodResult, PoseSubset
+from .quadrature import Quadrature
+
+__all__ = [
+    "DomainSample",
+    "ISSchedule",
+    "ImportanceSampler",
+    "draw_domain",
+    "log_estimate",
+]
+
+_DOMAINS = ("directions", "inplane", "shifts")
+
+
+# ---------------------------------------------------------------------------------- schedules
+@dataclass(frozen=True)
+class ISSchedule:
+    """Mixing weight ``alpha_t`` and annealing temperature ``T_t`` of Eq. (14).
+
+    ``alpha_t = max(alpha_min, alpha_max 2^(-alpha_rate * u))`` with ``u = max(0, t - alpha_delay)``
+    (rounded down to a multiple of ``alpha_step`` if given) and
+    ``T_t = max(temperature_min, 2^(temperature_scale / max(1, t - temperature_delay)))``.
+    The chirality flip (directions ``d`` and ``-d``, in-plane ``psi`` and ``psi + pi`` treated
+    as one by the kernel) is on while ``t < chirality_flip_until``.
+
+    Use :meth:`reference` (the reference code's values, ALGORITHM.md 8.6), :meth:`paper` (the
+    paper's, as far as the text can be read) or :meth:`constant`.
+    """
+
+    alpha_min: float = 0.05
+    alpha_max: float = 1.0
+    alpha_rate: float = 0.005
+    alpha_delay: int = 50
+    alpha_step: int | None = None
+    temperature_min: float = 1.0
+    temperature_scale: float = 750.0
+    temperature_delay: int = 50
+    chirality_flip_until: int = 2500
+
+    @classmethod
+    def reference(cls) -> ISSchedule:
+        """``alpha = max(0.05, 2^(-0.005 max(0, t-50)))``, ``T = max(1, 2^(750 / max(1, t-50)))``.
+
+        alpha is 1 until iteration 50, 0.5 at 250, 0.05 from about 914; T is effectively
+        infinite before ~100, 32 at 200, 8 at 300, 2 at 800; chirality flip until 2500.
+        """
+        return cls()
+
+    @classmethod
+    def paper(cls) -> ISSchedule:
+        """The paper's reading ``alpha = max(0.05, 2^(-0.25 floor(t / 50)))`` and ``T >= 1.25``.
+
+        The OCR of the paper's temperature schedule is unreadable beyond its floor of 1.25;
+        the reference's shape (scale 750, delay 50) is used for the rest.
+        """
+        return cls(alpha_rate=0.005, alpha_delay=0, alpha_step=50, temperature_min=1.25)
+
+    @classmethod
+    def constant(cls, alpha: float, temperature: float = 1.0,
+                 chirality_flip: bool = False) -> ISSchedule:
+        """Fixed ``alpha`` and ``T`` (tests, notebooks)."""
+        return cls(alpha_min=alpha, alpha_max=alpha, alpha_rate=0.0,
+                   temperature_min=temperature, temperature_scale=0.0,
+                   chirality_flip_until=2**62 if chirality_flip else 0)
+
+    def alpha(self, iteration: int) -> float:
+        """Weight of the uniform component at ``iteration``."""
+        u = max(0, iteration - self.alpha_delay)
+        if self.alpha_step:
+            u = self.alpha_step * (u // self.alpha_step)
+        return float(max(self.alpha_min, self.alpha_max * 2.0 ** (-self.alpha_rate * u)))
+
+    def inverse_temperature(self, iteration: int) -> float:
+        """``1 / T`` (0 when T overflows; computing 1/T avoids the overflow)."""
+        expo = self.temperature_scale / max(1, iteration - self.temperature_delay)
+        return float(min(1.0 / self.temperature_min, 2.0 ** (-expo)))
+
+    def temperature(self, iteration: int) -> float:
+        """``T`` (may be ``inf``)."""
+        beta = self.inverse_temperature(iteration)
+        return float("inf") if beta == 0 else 1.0 / beta
+
+    def chirality_flip(self, iteration: int) -> bool:
+        """Whether the kernels identify mirror poses at ``iteration``."""
+        return iteration < self.chirality_flip_until
+
+
+# ---------------------------------------------------------------------------------- primitives
+@dataclass(frozen=True, eq=False)
+class DomainSample:
+    """Distinct indices drawn from one domain and their log importance weights ``log(c/(n q))``."""
+
+    indices: NDArray
+    log_weights: NDArray
+    n_draws: int
+    ess: float
+    enumerated: bool
+
+
+def draw_domain(q: ArrayLike, ess_scale: float, rng: np.random.Generator,
+                enumerate_fraction: float = 0.95) -> DomainSample:
+    """Draw ``n = min(ceil(ess_scale * ESS(q)), |D|)`` indices from ``q`` (multinomial).
+
+    Parameters
+    ----------
+    q : (|D|,) proposal, positive, summing to 1
+    ess_scale : s_B
+    rng : random generator (the only source of randomness)
+    enumerate_fraction : if ``n >= enumerate_fraction * |D|`` every index is returned with
+        weight 1 instead (the exact sum)
+
+    Returns
+    -------
+    DomainSample with sorted distinct indices and ``log(count / (n q))``
+    """
+    q = np.asarray(q, dtype=np.float64).ravel()
+    q = q / q.sum()
+    size = q.size
+    ess = float(1.0 / np.sum(q * q))
+    n = int(min(size, np.ceil(ess_scale * ess - 1e-9)))
+    n = max(n, 1)
+    if n >= enumerate_fraction * size:
+        return DomainSample(np.arange(size), np.zeros(size), size, ess, True)
+    counts = rng.multinomial(n, q)
+    idx = np.flatnonzero(counts)
+    logw = np.log(counts[idx] / (n * q[idx]))
+    return DomainSample(idx, logw, n, ess, False)
+
+
+def log_estimate(log_terms: ArrayLike, subset: PoseSubset) -> float:
+    """The IS estimate (Eq. 13) of ``log sum_{d,i,s} exp(log_terms[d, i, s])`` from a subset.
+
+    ``log_terms`` (Nd, Ni, Ns) holds ``log(w_d w_i w_s p(I | d, i, s))``; the result is
+    ``log sum_{subset} a_d a_i a_s exp(log_terms)``, what
+    :meth:`~cryonb.likelihood.MarginalLikelihood.evaluate` returns for the same subset.
+    """
+    t = np.asarray(log_terms, dtype=np.float64)
+    sub = t[np.ix_(subset.directions, subset.inplane, subset.shifts)]
+    sub = (sub + subset.log_is_directions[:, None, None] + subset.log_is_inplane[None, :, None]
+           + subset.log_is_shifts[None, None, :])
+    m = sub.max()
+    return float(m + np.log(np.exp(sub - m).sum()))
+
+
+def _top_k(logp: NDArray, idx: NDArray, k: int) -> tuple[NDArray, NDArray, float]:
+    """Keep the k most probable entries of a normalised sparse log-distribution.
+
+    Returns the indices, their log-probabilities and the dropped mass.
+    """
+    if idx.size > k:
+        part = np.argpartition(-logp, k - 1)[:k]
+        idx, logp = idx[part], logp[part]
+    rest = float(max(0.0, 1.0 - np.exp(logp).sum()))
+    return idx, logp, rest
+
+
+# ---------------------------------------------------------------------------------- sampler
+class ImportanceSampler:
+    """Per-particle importance distributions over a pose quadrature (Eq. 14).
+
+    Use one sampler for the whole run.  For each minibatch::
+
+        subsets = sampler.sample(ids, quadrature, iteration, rng)      # one PoseSubset per image
+        result = likelihood.evaluate(volume_ft, batch, subsets=subsets, gradient=True)
+        sampler.update(ids, subsets, result, iteration)                # record the posterior
+
+    Parameters
+    ----------
+    n_particles : number of particles in the data set (state is indexed by particle id)
+    schedule : :class:`ISSchedule` (default: the reference's)
+    ess_scale : s_B, samples per effective sample (paper: 10)
+    max_entries : (K_directions, K_inplane, K_shifts) stored entries per particle
+    enumerate_fraction : enumerate a domain when ``n >= enumerate_fraction * |D|``
+    fisher_pscale : the reference's ``pscale`` of the von Mises-Fisher kernels
+    shift_sigma_scale : Gaussian shift kernel width in grid spacings (reference 0.67)
+    kernel_cutoff : kernel values below this are dropped (neighbour lists)
+    sample_directions, sample_inplane, sample_shifts : importance-sample this domain (else
+        enumerate it)
+
+    Attributes
+    ----------
+    history : list of dicts per :meth:`sample` call: ``iteration``, ``fraction_evaluated``
+        (mean over the batch of evaluated / total quadrature points), ``speedup``
+        (its inverse), ``n_points`` and mean proposal ESS per domain
+    """
+
+    def __init__(
+        self,
+        n_particles: int,
+        schedule: ISSchedule | None = None,
+        *,
+        ess_scale: float = 10.0,
+        max_entries: tuple[int, int, int] = (128, 32, 64),
+        enumerate_fraction: float = 0.95,
+        fisher_pscale: float = 1.0,
+        shift_sigma_scale: float = 0.67,
+        kernel_cutoff: float = 1e-4,
+        sample_directions: bool = True,
+        sample_inplane: bool = True,
+        sample_shifts: bool = True,
+    ) -> None:
+        if n_particles < 1:
+            raise ValueError("n_particles must be positive")
+        self.n_particles = int(n_particles)
+        self.schedule = ISSchedule.reference() if schedule is None else schedule
+        self.ess_scale = float(ess_scale)
+        self.max_entries = tuple(int(k) for k in max_entries)
+        self.enumerate_fraction = float(enumerate_fraction)
+        self.fisher_pscale = float(fisher_pscale)
+        self.shift_sigma_scale = float(shift_sigma_scale)
+        self.kernel_cutoff = float(kernel_cutoff)
+        self.sample_domain = dict(zip(_DOMAINS, (sample_directions, sample_inplane,
+                                                 sample_shifts), strict=True))
+        self._quadratures: list[Quadrature] = []
+        self._quad_id = np.full(self.n_particles, -1, dtype=np.int16)
+        self._idx = {d: np.full((self.n_particles, k), -1, dtype=np.int32)
+                     for d, k in zip(_DOMAINS, self.max_entries, strict=True)}
+        self._logp = {d: np.full((self.n_particles, k), -np.inf, dtype=np.float32)
+                      for d, k in zip(_DOMAINS, self.max_entries, strict=True)}
+        self._rest = {d: np.ones(self.n_particles, dtype=np.float32) for d in _DOMAINS}
+        self.history: list[dict[str, Any]] = []
+
+    # ------------------------------------------------------------------ bookkeeping
+    @property
+    def bytes_per_particle(self) -> int:
+        """Bytes of per-particle state (independent of the quadrature size)."""
+        total = self._quad_id.itemsize
+        for d in _DOMAINS:
+            total += (self._idx[d].itemsize * self._idx[d].shape[1]
+                      + self._logp[d].itemsize * self._logp[d].shape[1] + self._rest[d].itemsize)
+        return int(total)
+
+    @property
+    def fraction_evaluated(self) -> float:
+        """Fraction of quadrature points evaluated in the last sampled batch (1.0 before any)."""
+        return float(self.history[-1]["fraction_evaluated"]) if self.history else 1.0
+
+    @property
+    def speedup(self) -> float:
+        """1 / :attr:`fraction_evaluated` of the last batch."""
+        return 1.0 / self.fraction_evaluated
+
+    def seen(self, particle_ids: ArrayLike) -> NDArray:
+        """Boolean mask: has a posterior been recorded for these particles?"""
+        return self._quad_id[np.asarray(particle_ids, dtype=np.int64)] >= 0
+
+    def _quadrature_index(self, quadrature: Quadrature) -> int:
+        for k, q in enumerate(self._quadratures):
+            if q is quadrature:
+                return k
+        used = set(np.unique(self._quad_id[self._quad_id >= 0]).tolist())
+        for k in range(len(self._quadratures)):  # reuse the slot of a grid nobody refers to
+            if k not in used:
+                self._quadratures[k] = quadrature
+                return k
+        if len(self._quadratures) >= np.iinfo(np.int16).max:
+            raise RuntimeError("too many distinct quadratures")
+        self._quadratures.append(quadrature)
+        return len(self._quadratures) - 1
+
+    # ------------------------------------------------------------------ proposals
+    def proposals(self, particle_ids: ArrayLike, quadrature: Quadrature, iteration: int
+                  ) -> dict[str, NDArray]:
+        """Dense proposals ``q`` of Eq. (14) for a batch: (B, Nd), (B, Ni), (B, Ns) per domain."""
+        ids = np.asarray(particle_ids, dtype=np.int64).ravel()
+        alpha = self.schedule.alpha(iteration)
+        flip = self.schedule.chirality_flip(iteration)
+        sizes = {"directions": quadrature.n_directions, "inplane": quadrature.n_inplane,
+                 "shifts": quadrature.n_shifts}
+        out = {d: np.full((len(ids), sizes[d]), 1.0 / sizes[d]) for d in _DOMAINS}
+        qid = self._quad_id[ids]
+        for k in np.unique(qid[qid >= 0]):
+            rows = np.flatnonzero(qid == k)
+            old = self._quadratures[k]
+            for d in _DOMAINS:
+                smooth = self._smoothed(ids[rows], d, old, quadrature, flip)
+                out[d][rows] = alpha / sizes[d] + (1.0 - alpha) * smooth
+        for d in _DOMAINS:
+            out[d] /= out[d].sum(axis=1, keepdims=True)
+        return out
+
+    def _smoothed(self, ids: NDArray, domain: str, old: Quadrature, new: Quadrature,
+                  flip: bool) -> NDArray:
+        """Kernel-diffused stored marginals on the new grid, (len(ids), |D_new|), rows sum to 1."""
+        idx, logp, rest = self._idx[domain][ids], self._logp[domain][ids], self._rest[domain][ids]
+        valid = idx >= 0
+        rows = np.broadcast_to(np.arange(len(ids))[:, None], idx.shape)[valid]
+        src = idx[valid]
+        prob = np.exp(logp[valid].astype(np.float64))
+        uniq, inv = np.unique(src, return_inverse=True)
+        if domain == "directions":
+            kern = new.direction_kernel(old.directions[uniq],
+                                        old.fisher_kappa(2, self.fisher_pscale),
+                                        self.kernel_cutoff, antipodal=flip)
+        elif domain == "inplane":
+            kern = new.inplane_kernel(old.inplane_rad[uniq],
+                                      old.fisher_kappa(1, self.fisher_pscale),
+                                      self.kernel_cutoff, half_turn=flip)
+        else:
+            kern = new.shift_kernel(old.shifts_A[uniq],
+                                    self.shift_sigma_scale * old.shift_spacing_A)
+        # normalise each kernel row so that a source spreads exactly its own mass
+        norm = np.asarray(kern.sum(axis=1)).ravel()
+        kern = sp.diags(1.0 / np.where(norm > 0, norm, 1.0)) @ kern
+        weights = sp.csr_matrix((prob, (rows, inv)), shape=(len(ids), len(uniq)))
+        smooth = np.asarray((weights @ kern).todense())
+        size = smooth.shape[1]
+        smooth += rest.astype(np.float64)[:, None] / size
+        total = smooth.sum(axis=1, keepdims=True)
+        return smooth / np.where(total > 0, total, 1.0)
+
+    # ------------------------------------------------------------------ sampling
+    def sample(self, particle_ids: ArrayLike, quadrature: Quadrature, iteration: int,
+               rng: np.random.Generator) -> list[PoseSubset]:
+        """Draw one :class:`PoseSubset` per particle from its Eq. (14) proposal.
+
+        Parameters
+        ----------
+        particle_ids : (B,) particle indices (0-based, < n_particles)
+        quadrature : the current grid
+        iteration : sets alpha and the chirality flip through the schedule
+        rng : numpy Generator
+
+        Returns
+        -------
+        list of B PoseSubset (pass to ``MarginalLikelihood.evaluate(..., subsets=...)``)
+        """
+        ids = np.asarray(particle_ids, dtype=np.int64).ravel()
+        props = self.proposals(ids, quadrature, iteration)
+        subsets = []
+        ess = {d: [] for d in _DOMAINS}
+        for b in range(len(ids)):
+            draws = {}
+            for d in _DOMAINS:
+                if self.sample_domain[d]:
+                    draws[d] = draw_domain(props[d][b], self.ess_scale, rng,
+                                           self.enumerate_fraction)
+                else:
+                    size = props[d].shape[1]
+                    draws[d] = DomainSample(np.arange(size), np.zeros(size), size,
+                                            float(size), True)
+                ess[d].append(draws[d].ess)
+            subsets.append(PoseSubset(
+                draws["directions"].indices, draws["inplane"].indices, draws["shifts"].indices,
+                draws["directions"].log_weights, draws["inplane"].log_weights,
+                draws["shifts"].log_weights))
+        n_points = np.array([s.n_points for s in subsets], dtype=np.float64)
+        frac = float(np.mean(n_points / quadrature.size))
+        self.history.append({
+            "iteration": int(iteration), "fraction_evaluated": frac, "speedup": 1.0 / frac,
+            "n_points": int(n_points.sum()), "alpha": self.schedule.alpha(iteration),
+            **{f"ess_{d}": float(np.mean(ess[d])) for d in _DOMAINS}})
+        return subsets
+
+    # ------------------------------------------------------------------ recording
+    def update(self, particle_ids: ArrayLike, subsets: list[PoseSubset] | None,
+               result: LikelihoodResult, iteration: int) -> None:
+        """Record each particle's annealed posterior marginals for its next visit.
+
+        For the evaluated points of each domain: ``v = log phi - log a`` (the posterior with
+        this domain's importance weights removed), annealed ``v / T`` at ``iteration``,
+        normalised, truncated to the ``K`` largest entries (the rest of the mass is kept as a
+        uniform remainder).  ``subsets=None`` means the exhaustive evaluation.
+        """
+        ids = np.asarray(particle_ids, dtype=np.int64).ravel()
+        if len(ids) != len(result.log_likelihood):
+            raise ValueError("particle_ids and result have different lengths")
+        quad = result.quadrature
+        k = self._quadrature_index(quad)
+        beta = self.schedule.inverse_temperature(iteration)
+        marg = {"directions": result.log_marginal_directions,
+                "inplane": result.log_marginal_inplane, "shifts": result.log_marginal_shifts}
+        for b, pid in enumerate(ids):
+            sub = PoseSubset.full(quad) if subsets is None else subsets[b]
+            for d in _DOMAINS:
+                idx = getattr(sub, d)
+                lis = getattr(sub, "log_is_" + d)
+                with np.errstate(invalid="ignore"):
+                    v = (marg[d][b, idx] - lis) * beta
+                finite = np.isfinite(v)
+                idx, v = idx[finite], v[finite]
+                row_i, row_p = self._idx[d][pid], self._logp[d][pid]
+                row_i[:] = -1
+                row_p[:] = -np.inf
+                if idx.size == 0:  # nothing usable: the next proposal is uniform
+                    self._rest[d][pid] = 1.0
+                    continue
+                v = v - v.max()
+                v = v - np.log(np.exp(v).sum())
+                top_idx, top_logp, rest = _top_k(v, idx, self.max_entries[_DOMAINS.index(d)])
+                row_i[: top_idx.size] = top_idx
+                row_p[: top_idx.size] = top_logp
+                self._rest[d][pid] = rest
+            self._quad_id[pid] = k
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        """Per-particle state as arrays (for checkpoints); grids are referred to by band limit.
+
+        Keys: ``quad_id`` (P,), ``band_limits`` (number of grids,), and per domain
+        ``idx_<domain>``, ``logp_<domain>`` (P, K) and ``rest_<domain>`` (P,).
+        """
+        limits = [np.nan if q.max_freq_invA is None else float(q.max_freq_invA)
+                  for q in self._quadratures]
+        state: dict[str, Any] = {"quad_id": self._quad_id.copy(),
+                                 "band_limits": np.asarray(limits, dtype=np.float64)}
+        for d in _DOMAINS:
+            state[f"idx_{d}"] = self._idx[d].copy()
+            state[f"logp_{d}"] = self._logp[d].copy()
+            state[f"rest_{d}"] = self._rest[d].copy()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any],
+                        quadrature_for: Callable[[float], Quadrature]) -> None:
+        """Restore :meth:`state_dict`; ``quadrature_for(max_freq_invA)`` rebuilds each grid."""
+        quad_id = np.asarray(state["quad_id"], dtype=np.int16)
+        if quad_id.shape != self._quad_id.shape:
+            raise ValueError(f"state is for {quad_id.shape[0]} particles, not {self.n_particles}")
+        limits = np.asarray(state["band_limits"], dtype=np.float64).ravel()
+        used = np.unique(quad_id[quad_id >= 0])
+        if np.any(~np.isfinite(limits[used])):
+            raise ValueError("a stored grid has no band limit and cannot be rebuilt")
+        arrays = {}
+        for d in _DOMAINS:
+            idx = np.asarray(state[f"idx_{d}"], dtype=np.int32)
+            if idx.shape != self._idx[d].shape:
+                raise ValueError(f"state stores {idx.shape[1]} {d} entries per particle, "
+                                 f"this sampler {self._idx[d].shape[1]}")
+            arrays[d] = (idx, np.asarray(state[f"logp_{d}"], dtype=np.float32),
+                         np.asarray(state[f"rest_{d}"], dtype=np.float32))
+        self._quadratures = [quadrature_for(float(w)) if k in used else None  # type: ignore
+                             for k, w in enumerate(limits)]
+        self._quad_id = quad_id.copy()
+        for d, (idx, logp, rest) in arrays.items():
+            self._idx[d], self._logp[d], self._rest[d] = idx.copy(), logp.copy(), rest.copy()
+
+    def stored_distribution(self, particle_id: int, domain: str) -> tuple[NDArray, NDArray, float]:
+        """``(indices, probabilities, uniform remainder)`` stored for one particle and domain.
+
+        Indices refer to the quadrature the particle was last evaluated on.
+        """
+        idx = self._idx[domain][particle_id]
+        keep = idx >= 0
+        return (idx[keep].astype(np.int64),
+                np.exp(self._logp[domain][particle_id][keep].astype(np.float64)),
+                float(self._rest[domain][particle_id]))

@@ -1,0 +1,303 @@
+"""Marginal likelihood (Eq. 4): brute force, reference agreement, gradient, posterior, priors."""
+
+import numpy as np
+import pytest
+from scipy.special import logsumexp
+
+from cryonb.ctf import CTFParams
+from cryonb.fourier import fft2_centered, ifft2_centered
+from cryonb.image_model import ImageModel
+from cryonb.likelihood import (
+    MarginalLikelihood,
+    PoseSubset,
+    estimate_noise_sigma,
+    hermitian_half_plane,
+    negative_log_posterior,
+    reference_log_joint,
+)
+from cryonb.priors import ExponentialPrior, GaussianPrior, NoPrior, Prior
+from cryonb.quadrature import Quadrature
+
+
+def _ctf(rng, n):
+    return CTFParams(defocus_u_A=rng.uniform(9000, 20000, n),
+                     defocus_v_A=rng.uniform(9000, 20000, n),
+                     defocus_angle_deg=rng.uniform(-90, 90, n), voltage_kV=300.0, cs_mm=2.7,
+                     amplitude_contrast=0.1, bfactor_A2=rng.uniform(0, 50, n))
+
+
+def _problem(box=14, n_img=3, sigma=3.0, seed=0, ctf=True, w=0.13):
+    """Tiny problem: random volume, images at grid poses, noise sigma per pixel."""
+    rng = np.random.default_rng(seed)
+    model = ImageModel(box, pixel_size_A=3.0, max_freq_invA=w)
+    quad = Quadrature.from_counts(8, 5, shift_spacing_A=2.5, shift_extent_A=3.6, shift_sigma_A=3.0)
+    vol = rng.standard_normal((box,) * 3)
+    c = _ctf(rng, n_img) if ctf else None
+    true_r = rng.choice(quad.n_rotations, n_img, replace=False)
+    true_s = rng.integers(0, quad.n_shifts, n_img)
+    clean = model.forward(vol, quad.rotations()[true_r], quad.shifts_A[true_s], c)
+    images = clean + rng.normal(0, sigma, clean.shape) if sigma else clean
+    return model, quad, vol, c, images, true_r, true_s
+
+
+@pytest.mark.parametrize("box", [12, 13])
+def test_hermitian_half_plane(box):
+    model = ImageModel(box, pixel_size_A=2.0)
+    coords = model.coords_px
+    idx, w = hermitian_half_plane(coords, box)
+    assert w.sum() == len(coords)  # every disc point counted exactly once
+    assert np.count_nonzero(w == 1) == 1 and np.all(coords[idx][w == 1] == 0)
+    half = {tuple(k) for k in coords[idx].astype(int).tolist()}
+    for k in coords.astype(int).tolist():  # exactly one of k, -k in the half plane
+        assert (tuple(k) in half) != (tuple(-np.array(k)) in half) or k == [0, 0]
+    # full grid of an even box: the Nyquist row/column points are self-conjugate or paired
+    k = np.arange(box) - box // 2
+    ky, kx = np.meshgrid(k, k, indexing="ij")
+    full = np.stack([kx.ravel(), ky.ravel()], -1)
+    _, w_f = hermitian_half_plane(full, box)
+    assert w_f.sum() == box * box
+    assert np.count_nonzero(w_f == 1) == (4 if box % 2 == 0 else 1)
+
+
+@pytest.mark.parametrize("box", [14, 15])
+def test_marginal_likelihood_equals_brute_force_through_image_model(box):
+    """log p(I|V) = log sum_pose w exp(-||I_bl - forward(V, pose)||^2 / 2s^2 - M/2 log 2pi s^2)."""
+    model, quad, vol, ctf, images, _, _ = _problem(box)
+    sigma = 3.0
+    spec = fft2_centered(images)
+    spec[:, ~model.mask] = 0
+    images_bl = ifft2_centered(spec).real
+    m = int(model.mask.sum())
+    lwd, lwi, lws = quad.log_weights()
+    rots = quad.rotations()
+    brute = np.empty((len(images), quad.n_rotations, quad.n_shifts))
+    for b in range(len(images)):
+        for r in range(quad.n_rotations):
+            d, i = quad.split_pose_index(r)
+            pred = model.forward(vol, np.repeat(rots[r][None], quad.n_shifts, 0), quad.shifts_A,
+                                 ctf.subset([b] * quad.n_shifts))
+            err = ((images_bl[b][None] - pred) ** 2).sum(axis=(1, 2))
+            brute[b, r] = (-err / (2 * sigma**2) - 0.5 * m * np.log(2 * np.pi * sigma**2)
+                           + lwd[d] + lwi[i] + lws)
+    expected = logsumexp(brute, axis=(1, 2))
+    lik = MarginalLikelihood(model, quad)
+    res = lik.evaluate(model.projector.volume_to_fourier(vol),
+                       lik.prepare(images, ctf, sigma, dtype=np.float64))
+    np.testing.assert_allclose(res.log_likelihood, expected, rtol=1e-10, atol=0)
+
+
+PATHS = {"gemm": {"small_group_size": 0}, "gemm-blocks": {"small_group_size": 0,
+                                                         "block_bytes": 3000},
+         "kernel": {}}
+
+
+@pytest.mark.parametrize("ctf", [True, False])
+@pytest.mark.parametrize("path", sorted(PATHS))
+def test_fast_path_matches_numpy_reference(ctf, path):
+    """GEMM path (half plane, norm expansion, blocks, image groups) and the numba path for
+    small groups = direct full-disc residuals."""
+    model, quad, vol, c, images, _, _ = _problem(13, n_img=4, ctf=ctf, seed=1)
+    vft = model.projector.volume_to_fourier(vol)
+    table = reference_log_joint(model, vft, images, c, 3.0, quad)        # (B, Nd, Ni, Ns)
+    total = logsumexp(table, axis=(1, 2, 3))
+    lik = MarginalLikelihood(model, quad, **PATHS[path])
+    res = lik.evaluate(vft, images, c, 3.0)  # raw images: prepared on the fly (float64 volume)
+    np.testing.assert_allclose(res.log_likelihood, total, rtol=1e-12)
+    post = table - total[:, None, None, None]
+    np.testing.assert_allclose(res.log_marginal_directions, logsumexp(post, axis=(2, 3)),
+                               atol=1e-9)
+    np.testing.assert_allclose(res.log_marginal_inplane, logsumexp(post, axis=(1, 3)), atol=1e-9)
+    np.testing.assert_allclose(res.log_marginal_shifts, logsumexp(post, axis=(1, 2)), atol=1e-9)
+    flat = table.reshape(len(table), -1).argmax(axis=1)
+    d, i, s = np.unravel_index(flat, table.shape[1:])
+    np.testing.assert_array_equal(res.map_direction, d)
+    np.testing.assert_array_equal(res.map_inplane, i)
+    np.testing.assert_array_equal(res.map_shift, s)
+    np.testing.assert_array_equal(res.n_evaluated, quad.size)
+    np.testing.assert_allclose(res.fraction_evaluated, 1.0)
+    np.testing.assert_allclose(res.posterior_directions.sum(axis=1), 1.0)
+
+
+def test_input_forms_agree():
+    """Real images, full complex spectra and disc points give the same PreparedImages."""
+    model, quad, _, c, images, _, _ = _problem(12, n_img=2)
+    lik = MarginalLikelihood(model, quad)
+    spectra = fft2_centered(images)
+    a = lik.prepare(images, c, 3.0, dtype=np.float64)
+    b = lik.prepare(spectra, c, 3.0, dtype=np.float64)
+    p = lik.prepare(spectra[:, model.mask], c, 3.0, dtype=np.float64)
+    for other in (b, p):
+        np.testing.assert_allclose(other.data, a.data, atol=1e-12)
+        np.testing.assert_allclose(other.log_norm, a.log_norm, rtol=1e-14)
+    with pytest.raises(ValueError, match="noise_sigma"):
+        lik.prepare(spectra, c)
+
+
+def test_float32_path_close_to_float64():
+    model, quad, vol, c, images, _, _ = _problem(14, n_img=3, seed=2)
+    lik = MarginalLikelihood(model, quad)
+    r64 = lik.evaluate(model.projector.volume_to_fourier(vol),
+                       lik.prepare(images, c, 3.0, dtype=np.float64), gradient=True)
+    r32 = lik.evaluate(model.projector.volume_to_fourier(vol.astype(np.float32)),
+                       lik.prepare(images, c, 3.0), gradient=True)
+    assert r32.gradient.dtype == np.float32
+    np.testing.assert_allclose(r32.log_likelihood, r64.log_likelihood, rtol=1e-6)
+    err = np.abs(r32.gradient - r64.gradient).max() / np.abs(r64.gradient).max()
+    assert err < 1e-4
+
+
+@pytest.mark.parametrize(("with_subsets", "path"), [(False, "gemm"), (True, "gemm"),
+                                                    (True, "kernel")])
+def test_gradient_matches_finite_differences(with_subsets, path):
+    """d/dV sum_b log p(I_b | V) by central differences in float64, relative error < 1e-5."""
+    model, quad, vol, c, images, _, _ = _problem(12, n_img=3, sigma=4.0, seed=3)
+    if path == "gemm":  # small blocks and no score cache: the gradient pass recomputes
+        lik = MarginalLikelihood(model, quad, block_bytes=4000, cache_bytes=0,
+                                 small_group_size=0)
+    else:
+        lik = MarginalLikelihood(model, quad)
+    batch = lik.prepare(images, c, 4.0, dtype=np.float64)
+    subsets = None
+    if with_subsets:
+        rng = np.random.default_rng(0)
+        subsets = [PoseSubset(np.sort(rng.choice(8, 5, replace=False)), [0, 2, 3],
+                              np.arange(quad.n_shifts), rng.normal(0, 0.5, 5),
+                              rng.normal(0, 0.5, 3), rng.normal(0, 0.5, quad.n_shifts))
+                   for _ in range(3)]
+
+    def f(v):
+        return lik.evaluate(model.projector.volume_to_fourier(v), batch,
+                            subsets=subsets).log_likelihood.sum()
+
+    grad = lik.evaluate(model.projector.volume_to_fourier(vol), batch, subsets=subsets,
+                        gradient=True).gradient
+    assert grad.shape == vol.shape and grad.dtype == np.float64
+    rng = np.random.default_rng(1)
+    errors = []
+    for _ in range(3):
+        u = rng.standard_normal(vol.shape)
+        h = 1e-4
+        fd = (f(vol + h * u) - f(vol - h * u)) / (2 * h)
+        errors.append(abs(fd - np.vdot(grad, u)) / abs(fd))
+    for flat in rng.choice(vol.size, 3, replace=False):  # single voxels
+        e = np.zeros(vol.size)
+        e[flat] = 1.0
+        e = e.reshape(vol.shape)
+        h = 1e-4
+        fd = (f(vol + h * e) - f(vol - h * e)) / (2 * h)
+        errors.append(abs(fd - grad.ravel()[flat]) / max(abs(fd), 1e-3 * np.abs(grad).max()))
+    assert max(errors) < 1e-5, errors
+
+
+def test_true_pose_has_highest_posterior_on_noiseless_images():
+    model, quad, vol, c, images, true_r, true_s = _problem(16, n_img=5, sigma=0.0, seed=4,
+                                                          w=0.15)
+    lik = MarginalLikelihood(model, quad)
+    res = lik.evaluate(model.projector.volume_to_fourier(vol.astype(np.float32)),
+                       lik.prepare(images, c, noise_sigma=1.0))
+    d, i = quad.split_pose_index(true_r)
+    np.testing.assert_array_equal(res.map_direction, d)
+    np.testing.assert_array_equal(res.map_inplane, i)
+    np.testing.assert_array_equal(res.map_shift, true_s)
+    np.testing.assert_array_equal(res.log_marginal_directions.argmax(axis=1), d)
+    np.testing.assert_array_equal(res.log_marginal_inplane.argmax(axis=1), i)
+    np.testing.assert_array_equal(res.log_marginal_shifts.argmax(axis=1), true_s)
+    np.testing.assert_allclose(res.map_rotations, quad.rotations()[true_r], atol=1e-12)
+    np.testing.assert_allclose(res.map_shifts_A, quad.shifts_A[true_s])
+    assert np.all(res.posterior_directions.max(axis=1) > 0.99)
+    assert np.all(res.ess_directions < 1.02)
+
+
+def test_subsets_give_the_importance_weighted_sum():
+    """Per-image subsets with log weights: log sum over the subset of exp(table + log a)."""
+    model, quad, vol, c, images, _, _ = _problem(12, n_img=3, seed=5)
+    vft = model.projector.volume_to_fourier(vol)
+    table = reference_log_joint(model, vft, images, c, 3.0, quad)
+    rng = np.random.default_rng(2)
+    subsets = [PoseSubset.full(quad)]
+    for _ in range(2):
+        d = np.sort(rng.choice(quad.n_directions, 3, replace=False))
+        i = np.sort(rng.choice(quad.n_inplane, 2, replace=False))
+        s = np.sort(rng.choice(quad.n_shifts, 4, replace=False))
+        subsets.append(PoseSubset(d, i, s, rng.normal(size=3), rng.normal(size=2),
+                                  rng.normal(size=4)))
+    lik = MarginalLikelihood(model, quad)
+    batch = lik.prepare(images, c, 3.0, dtype=np.float64)
+    for small_group_size in (2**18, 0):  # numba kernel path and GEMM path
+        lik = MarginalLikelihood(model, quad, small_group_size=small_group_size)
+        _check_subsets(lik.evaluate(vft, batch, subsets=subsets), subsets, table, quad)
+    with pytest.raises(ValueError, match="subsets"):
+        lik.evaluate(vft, batch, subsets=subsets[:2])
+    with pytest.raises(ValueError, match="empty"):
+        PoseSubset([], [0], [0], [], [0.0], [0.0])
+    bad = PoseSubset([99], [0], [0], [0.0], [0.0], [0.0])
+    with pytest.raises(ValueError, match="out of range"):
+        lik.evaluate(vft, batch, subsets=[bad] * 3)
+
+
+def _check_subsets(res, subsets, table, quad):
+    for b, sub in enumerate(subsets):
+        t = table[b][np.ix_(sub.directions, sub.inplane, sub.shifts)]
+        t_is = (t + sub.log_is_directions[:, None, None] + sub.log_is_inplane[None, :, None]
+                + sub.log_is_shifts[None, None, :])
+        assert res.log_likelihood[b] == pytest.approx(logsumexp(t_is), rel=1e-12)
+        assert res.n_evaluated[b] == sub.n_points
+        # MAP excludes the importance weights
+        dd, ii, ss = np.unravel_index(t.argmax(), t.shape)
+        assert (res.map_direction[b], res.map_inplane[b], res.map_shift[b]) == (
+            sub.directions[dd], sub.inplane[ii], sub.shifts[ss])
+        outside = np.setdiff1d(np.arange(quad.n_directions), sub.directions)
+        assert np.all(np.isneginf(res.log_marginal_directions[b, outside]))
+        assert logsumexp(res.log_marginal_shifts[b]) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_estimate_noise_sigma():
+    rng = np.random.default_rng(3)
+    imgs = rng.normal(5.0, 2.5, (20, 32, 32))
+    imgs[:, 8:24, 8:24] += 100.0  # a "particle" in the centre is ignored
+    assert estimate_noise_sigma(imgs) == pytest.approx(2.5, rel=0.03)
+    assert estimate_noise_sigma(imgs, method="mad") == pytest.approx(2.5, rel=0.05)
+    assert estimate_noise_sigma(imgs, radius_px=12) == pytest.approx(2.5, rel=0.03)
+
+
+# ---------------------------------------------------------------------------------- priors
+@pytest.mark.parametrize("prior", [NoPrior(), GaussianPrior(2.0, mean=0.5), ExponentialPrior(0.9)])
+def test_prior_gradients_match_finite_differences(prior):
+    assert isinstance(prior, Prior)
+    rng = np.random.default_rng(4)
+    v = np.abs(rng.normal(1.0, 1.0, (6, 6, 6)))
+    g = prior.grad(v)
+    assert g.shape == v.shape
+    u = rng.standard_normal(v.shape)
+    h = 1e-5
+    fd = (prior.log_prob(v + h * u) - prior.log_prob(v - h * u)) / (2 * h)
+    assert fd == pytest.approx(np.vdot(g, u), rel=1e-7, abs=1e-9)
+
+
+def test_prior_values():
+    v = np.array([[[0.0, 1.0], [2.0, 3.0]]])
+    assert NoPrior().log_prob(v) == 0.0
+    assert ExponentialPrior(0.5).log_prob(v) == pytest.approx(4 * np.log(0.5) - 0.5 * 6)
+    g = GaussianPrior(1.0)
+    assert g.log_prob(v) == pytest.approx(-14 / 2 - 2 * np.log(2 * np.pi))
+    neg = v - 1.0
+    assert ExponentialPrior(0.5).log_prob(neg) == pytest.approx(4 * np.log(0.5) - 0.5 * 2)
+    assert ExponentialPrior(0.5, strict=True).log_prob(neg) == -np.inf
+    np.testing.assert_array_equal(ExponentialPrior(0.5).grad(neg), -0.5)
+    with pytest.raises(ValueError):
+        ExponentialPrior(0.0)
+
+
+def test_negative_log_posterior_value_and_gradient():
+    model, quad, vol, c, images, _, _ = _problem(12, n_img=2, seed=6)
+    vol = np.abs(vol)
+    lik = MarginalLikelihood(model, quad)
+    batch = lik.prepare(images, c, 3.0, dtype=np.float64)
+    prior = ExponentialPrior(0.7)
+    value, grad, res = negative_log_posterior(lik, vol, batch, prior, prior_weight=0.25)
+    assert value == pytest.approx(-0.25 * prior.log_prob(vol) - res.log_likelihood.sum())
+    u = np.random.default_rng(0).standard_normal(vol.shape)
+    h = 1e-4
+    fp = negative_log_posterior(lik, vol + h * u, batch, prior, prior_weight=0.25)[0]
+    fm = negative_log_posterior(lik, vol - h * u, batch, prior, prior_weight=0.25)[0]
+    assert (fp - fm) / (2 * h) == pytest.approx(np.vdot(grad, u), rel=1e-6)
