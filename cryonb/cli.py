@@ -15,6 +15,7 @@ COMMANDS = {
     "info": "info",
     "project": "project",
     "simulate": "simulate",
+    "reconstruct": "reconstruct",
     "fsc": "fsc",
 }
 

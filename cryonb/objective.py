@@ -14,6 +14,7 @@ density.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -129,15 +130,17 @@ class MarginalObjective:
                           fraction_evaluated=fraction, token=(prepared, subsets))
 
     def state_dict(self) -> dict[str, Any]:
-        """The importance sampler's state (per-particle distributions and their grids)."""
-        if self.sampler is None:
-            return {}
-        return self.sampler.state_dict()
+        """The sampling generator's state and the importance sampler's per-particle state."""
+        state: dict[str, Any] = {"rng": json.dumps(self.rng.bit_generator.state)}
+        if self.sampler is not None:
+            state["sampler"] = self.sampler.state_dict()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`; grids are rebuilt from their band limits."""
-        if self.sampler is not None and state:
-            self.sampler.load_state_dict(state, self.quadrature_for)
+        self.rng.bit_generator.state = json.loads(str(state["rng"]))
+        if self.sampler is not None and "sampler" in state:
+            self.sampler.load_state_dict(state["sampler"], self.quadrature_for)
 
 
 class KnownPoseObjective:

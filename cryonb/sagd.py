@@ -125,9 +125,10 @@ class SAGDParams:
     max_iterations, max_epochs, time_limit_s : optional budgets
     positivity : bool
         Truncate negative densities after each step (paper: yes).
-    learning_rate_offset : int
-        Added to the iteration in the learning-rate schedule (a solver that continues another's
-        work, e.g. a half-set after the common start).
+    iteration_offset : int
+        Added to the iteration in the learning-rate schedule and in the iteration passed to the
+        objective (importance-sampling schedules), for a solver that continues another's work,
+        e.g. a half-set after the common start.  The band-limit schedule is not offset.
     """
 
     batch_size: int = 200
@@ -149,7 +150,7 @@ class SAGDParams:
     max_epochs: float | None = None
     time_limit_s: float | None = None
     positivity: bool = True
-    learning_rate_offset: int = 0
+    iteration_offset: int = 0
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.n_heldout < 0:
@@ -173,7 +174,7 @@ def band_limit_at(iteration: int, params: SAGDParams) -> tuple[int, float]:
 
 def learning_rate_at(iteration: int, params: SAGDParams) -> float:
     """``eps = max(eps_min, 2^(1 - floor(t / eps_halving)))``, ``t`` = iteration + offset."""
-    t = iteration + params.learning_rate_offset
+    t = iteration + params.iteration_offset
     return max(params.eps_min, 2.0 ** (1 - t // params.eps_halving))
 
 
@@ -416,7 +417,8 @@ class SAGDSolver:
                         reuse: Any = None, gradient: bool = True) -> tuple[float, NDArray | None,
                                                                         Evaluation]:
         ev = self.objective.evaluate(volume, indices, gradient=gradient, record=record,
-                                     iteration=self.state.iteration, reuse=reuse)
+                                     iteration=self.state.iteration + self.params.iteration_offset,
+                                     reuse=reuse)
         n = len(indices)
         value = float(ev.nll.mean()) + self.prior.log_prob(volume) * -1.0 / self.n_train
         grad = None
@@ -447,7 +449,7 @@ class SAGDSolver:
         # held-out particles keep their own importance-sampling state (record=True): it
         # learns only where their poses are, never the map
         ev = self.objective.evaluate(volume, held, gradient=False, record=True,
-                                     iteration=self.state.iteration)
+                                     iteration=self.state.iteration + self.params.iteration_offset)
         return float(ev.nll.mean())
 
     # ------------------------------------------------------------------ one iteration
