@@ -32,10 +32,11 @@ from numpy.typing import NDArray
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .dataset import Dataset
+from .fourier import lowpass
 from .importance import ImportanceSampler, ISSchedule
 from .objective import MarginalObjective, QuadratureOptions
 from .priors import ExponentialPrior
-from .sagd import SAGDParams, SAGDSolver, band_limit_at
+from .sagd import SAGDParams, SAGDSolver, band_limit_at, random_spheres
 
 __all__ = ["AbInitioConfig", "AbInitioRun", "estimate_mass", "is_schedule_for"]
 
@@ -169,12 +170,19 @@ class AbInitioRun:
     def _common_solver(self) -> SAGDSolver:
         params = replace(self.params, target_max_freq_invA=self.split_freq,
                          max_iterations=None, time_limit_s=None, patience=10**9)
+        # random spheres, low-passed to the first band limit: the sharp sphere edges would
+        # otherwise survive (the gradients never reach those frequencies) in both half-maps
+        start = random_spheres(self.work.box_size, self.rng, mass=self.mass)
+        start = np.maximum(lowpass(start, self.work.pixel_size_A, params.start_max_freq_invA),
+                           0.0)
         return SAGDSolver(self._objective(self.work, self.objective_rng),
                           n_images=len(self.work), box_size=self.work.box_size, params=params,
-                          rng=self.rng, prior=self.prior, initial_mass=self.mass,
+                          rng=self.rng, prior=self.prior, initial_volume=start,
                           callback=self._on_record)
 
     def _split(self, volume: NDArray, iteration: int) -> None:
+        # the halves share only the common map's content below the split band limit
+        volume = np.maximum(lowpass(volume, self.work.pixel_size_A, self.split_freq), 0.0)
         ids = np.arange(len(self.work))
         halves = (self.work.half_set if self.work.half_set is not None
                   and np.isin(self.work.half_set, (0, 1)).all() else None)
@@ -260,7 +268,16 @@ class AbInitioRun:
         return ""
 
     def _loop(self) -> None:
+        from tqdm.auto import tqdm
+
         t_last = time.monotonic()
+        bar = tqdm(desc="ab initio", unit="it", disable=not self.progress)
+        try:
+            self._iterate(bar, t_last)
+        finally:
+            bar.close()
+
+    def _iterate(self, bar: Any, t_last: float) -> None:
         while not self._stop and not self._finished():
             reason = self._budget_exhausted()
             if reason and self.phase == "halves":
@@ -281,6 +298,13 @@ class AbInitioRun:
                 for h in self.halves:
                     if not h.solver.done:
                         h.solver.step()
+            solver = self.common if self.phase == "common" else self.halves[0].solver
+            last = solver.state.records[-1] if solver.state.records else None
+            bar.update(1)
+            if last is not None:
+                bar.set_postfix(phase=self.phase, res=f"{1 / last['max_freq_invA']:.1f}Å",
+                                nll=f"{last['objective']:.4g}",
+                                points=f"{last['fraction_evaluated']:.2%}")
             if time.monotonic() - t_last >= self.config.checkpoint_every_s:
                 self.checkpoint()
                 t_last = time.monotonic()
@@ -299,9 +323,13 @@ class AbInitioRun:
 
     def _load(self, state: dict[str, Any]) -> None:
         saved = json.loads(str(state["config"]))
-        if saved != json.loads(json.dumps(asdict(self.config))):
+        current = json.loads(json.dumps(asdict(self.config)))
+        budget = ("checkpoint_every_s", "time_limit_min", "max_iterations")  # may change
+        differ = sorted(k for k in current if k not in budget and saved.get(k) != current[k])
+        if differ:
             raise ValueError(f"{self.out_dir}/checkpoint.npz was made with other settings "
-                             f"({saved}); use the same options or another --out")
+                             f"({', '.join(f'{k}={saved.get(k)}' for k in differ)}); resume "
+                             "with the same options (budgets may change) or use another --out")
         self.common.load_state_dict(state["common"])
         self.phase = str(state["phase"])
         if self.phase == "halves":

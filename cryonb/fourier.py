@@ -235,3 +235,26 @@ def _zero_unpaired_nyquist(spec: Any, ndim: int) -> Any:
         idx[-axis] = 0
         spec[tuple(idx)] = 0
     return spec
+
+
+def lowpass(x: Any, pixel_size_A: float, max_freq_invA: float, *, ndim: int = 3,
+            edge_px: float = 2.0) -> Any:
+    """Low-pass real images (ndim=2) or volumes (ndim=3) at ``max_freq_invA`` (1/Å).
+
+    Frequencies below ``max_freq_invA`` are kept, with a raised-cosine edge ``edge_px`` Fourier
+    pixels wide above it; the result keeps the input's dtype.
+    """
+    n = x.shape[-1]
+    radius_px = float(max_freq_invA) * n * float(pixel_size_A)
+    if ndim == 2:
+        kx, ky = frequency_grid_2d(n, backend=backend_of(x))
+        r = (kx**2 + ky**2) ** 0.5
+        fft, ifft = fft2_centered, ifft2_centered
+    else:
+        kx, ky, kz = frequency_grid_3d(n, backend=backend_of(x))
+        r = (kx**2 + ky**2 + kz**2) ** 0.5
+        fft, ifft = fft3_centered, ifft3_centered
+    xp = backend_of(x).xp
+    t = xp.clip((r - radius_px) / max(edge_px, 1e-9), 0.0, 1.0)
+    window = 0.5 * (1.0 + xp.cos(np.pi * t))
+    return ifft(fft(x) * window).real.astype(x.dtype, copy=False)

@@ -55,10 +55,14 @@ def test_demo_writes_the_data_set_and_pictures(tmp_path):
     from cryonb.dataset import Dataset
     from cryonb.io import read_mrc
 
-    assert main(["demo", "--out", str(tmp_path), "--n", "40", "--box", "48",
-                 "--pixel-size", "7.5"]) == 0
-    for name in ("demo.png", "map_sections.png", "ctf.png"):
+    assert main(["demo", "--out", str(tmp_path), "--n", "60", "--box", "48",
+                 "--pixel-size", "7.5", "--rec-box", "16", "--time-limit", "0.05"]) == 0
+    for name in ("demo.png", "map_sections.png", "ctf.png", "comparison.png",
+                 "reconstruction/fsc.png"):
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
     ds = Dataset.from_star(tmp_path / "particles.star")
     assert len(ds) == 40 and ds.pixel_size_A == 7.5
     assert read_mrc(tmp_path / "truth.mrc").voxel_size_A == pytest.approx(7.5)
+    rec = read_mrc(tmp_path / "reconstruction" / "map.mrc")
+    assert rec.shape == (16, 16, 16) and rec.voxel_size_A == pytest.approx(7.5 * 48 / 16)
+    assert "FSC 0.5" in (tmp_path / "report.md").read_text()

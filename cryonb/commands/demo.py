@@ -1,13 +1,16 @@
-"""The main job on the bundled sample data: simulate a small GroEL-GroES data set and show it.
+"""The main job on the bundled sample data: simulate a small GroEL-GroES set, reconstruct it.
 
 Builds the density of the bundled PDB 1AON model (the paper's synthetic target), simulates
-particles through the forward model with real 200 kV CTFs and noise at the requested SNR, and
-writes, in --out:
+particles through the forward model with real 200 kV CTFs and noise at the requested SNR, then
+reconstructs them ab initio from a random start (SAGD + importance sampling, gold-standard
+halves) within --time-limit minutes, and writes, in --out:
   particles.mrcs, particles.star   the data set (RELION 3.1, true poses, pixel size in headers)
   truth.mrc                        the map that was projected
   simulation.json                  parameters and the achieved SNR
   demo.png                         per particle: projection, x CTF, + noise
   map_sections.png, ctf.png        the map's central sections, the first particle's CTF
+  reconstruction/                  map.mrc, half maps, particles.star, fsc.png, history.csv
+  report.md, comparison.png        resolutions, timing, the map beside the truth
 
 Example:
   cryonb demo --out demo_out --n 1000 --snr 0.05 --seed 0
@@ -34,6 +37,12 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--snr", type=float, default=0.05,
                         help="signal variance / noise variance over the box (0.05)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (0)")
+    parser.add_argument("--rec-box", type=int, default=32,
+                        help="box of the reconstruction, px (32: Fourier-cropped)")
+    parser.add_argument("--time-limit", type=float, default=3.0,
+                        help="minutes for the reconstruction (3)")
+    parser.add_argument("--no-reconstruction", action="store_true",
+                        help="only simulate and draw")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -62,4 +71,49 @@ def main(args: argparse.Namespace) -> int:
         out / "map_sections.png", dpi=80)
     ctf_figure(ctf, ds.box_size, ds.pixel_size_A).savefig(out / "ctf.png", dpi=80)
     print(f"pictures   {out / 'demo.png'}, {out / 'map_sections.png'}, {out / 'ctf.png'}")
+    if args.no_reconstruction:
+        return 0
+    return _reconstruct(args, ds, out)
+
+
+def _reconstruct(args: argparse.Namespace, ds, out: Path) -> int:
+    from ..abinitio import AbInitioConfig, AbInitioRun
+    from ..io import read_mrc
+
+    config = AbInitioConfig(box_size=min(args.rec_box, ds.box_size), iterations_per_stage=15,
+                            time_limit_min=args.time_limit, seed=args.seed,
+                            particle_radius_A=90.0, shift_sigma_A=8.4, shift_extent_A=20.0)
+    print(f"ab initio  {len(ds)} particles at {config.box_size} px, "
+          f"{args.time_limit:g} min budget ...")
+    summary = AbInitioRun(ds, out / "reconstruction", config).run()
+    rec_dir = out / "reconstruction"
+    aligned = read_mrc(rec_dir / "map_aligned_to_truth.mrc", mmap=False)
+    truth = ds.truth.volume
+    from ..fourier import fourier_crop
+
+    small_truth = fourier_crop(truth.astype(np.float64), aligned.shape[0], ndim=3)
+    image_rows([_sections(small_truth), _sections(np.asarray(aligned.data))],
+               ["truth", "ab initio"], col_titles=["z = 0", "y = 0", "x = 0"],
+               size_in=2.2).savefig(out / "comparison.png", dpi=80)
+    report = f"""# cryonb demo report
+
+* Data: {len(ds)} simulated GroEL-GroES particles (PDB 1AON), {ds.box_size} px at
+  {ds.pixel_size_A:g} Å, SNR {args.snr:g}, real 200 kV CTFs (`particles.star`, `particles.mrcs`).
+* Reconstruction: ab initio from random spheres at {summary['box_size']} px
+  ({summary['pixel_size_A']:.2f} Å/px; Nyquist {2 * summary['pixel_size_A']:.1f} Å),
+  {summary['wall_time_s'] / 60:.1f} min of solver time; stop: {summary['stop_reasons'][0]}.
+* Half-map FSC 0.143: **{summary['half_map_resolution_A_0143']:.1f} Å** (halves share the
+  common low-resolution start, so this is optimistic).
+* Against the truth after alignment (hand {'flipped' if summary['hand_flipped'] else 'kept'}):
+  FSC 0.5 at **{summary['truth_resolution_A_05']:.1f} Å**, correlation
+  {summary['truth_correlation']:.3f}.
+* Pictures: `reconstruction/fsc.png`, `comparison.png` (central sections, truth above).
+"""
+    (out / "report.md").write_text(report)
+    print(report)
     return 0
+
+
+def _sections(volume: np.ndarray) -> np.ndarray:
+    c = volume.shape[0] // 2
+    return np.stack([volume[c], volume[:, c], volume[:, :, c]])
