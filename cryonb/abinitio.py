@@ -409,6 +409,8 @@ class AbInitioRun:
         shifts = np.zeros((n, 2))
         for h in self.halves:
             obj = h.solver.objective
+            if obj.likelihood is None:  # the budget ran out before this half took a step
+                obj.set_band_limit(h.solver.params.start_max_freq_invA)
             for start in range(0, len(h.ids), 200):
                 local = np.arange(start, min(len(h.ids), start + 200))
                 obj.evaluate(h.solver.volume, local, gradient=False, record=False,

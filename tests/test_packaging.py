@@ -61,7 +61,7 @@ def test_demo_writes_the_data_set_and_pictures(tmp_path):
                  "reconstruction/fsc.png"):
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
     ds = Dataset.from_star(tmp_path / "particles.star")
-    assert len(ds) == 40 and ds.pixel_size_A == 7.5
+    assert len(ds) == 60 and ds.pixel_size_A == 7.5
     assert read_mrc(tmp_path / "truth.mrc").voxel_size_A == pytest.approx(7.5)
     rec = read_mrc(tmp_path / "reconstruction" / "map.mrc")
     assert rec.shape == (16, 16, 16) and rec.voxel_size_A == pytest.approx(7.5 * 48 / 16)
