@@ -7,7 +7,7 @@ import importlib
 import json
 from pathlib import Path
 
-MODULES = ["bench_projection"]
+MODULES = ["bench_projection", "likelihood", "abinitio"]
 
 
 def main() -> int:

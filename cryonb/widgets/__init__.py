@@ -1,9 +1,43 @@
 """Inline, interactive views for JupyterLab (optional extra ``cryonb[widgets]``).
 
-Each builder takes library objects and returns a view holding the widget and its named
-controls; all computation is a library call.
+Each builder takes library objects and returns a small view (a dataclass) holding the widget to
+display and its named controls; the controls are two-way linked to a traitlets state object, and
+all computation and drawing is a library call (:mod:`cryonb.viz` has the same pictures as plain
+matplotlib figures for scripts and reports).
+
+=======================  ==================================================================
+:func:`isosurface`       3D iso-surface of a map with a level slider (ipyvolume)
+:func:`VolumeViewer`     orthogonal sections (axis, index, contrast, low-pass) + iso-surfaces,
+                         for one map or several side by side
+:func:`ParticleBrowser`  pages of particle images, CTFs, defocus filter, posteriors over
+                         directions
+:func:`SolverDashboard`  live history, band limit, IS fraction and map of a running solver or
+                         ab initio job (background thread; pause, resume, stop, checkpoint)
+:func:`ISStudyExplorer`  error against fraction of points of an importance-sampling study
+=======================  ==================================================================
 """
 
+from .dashboard import SolverDashboard, SolverDashboardView, SolverMonitor
+from .is_study import ISStudyExplorer, ISStudyState, ISStudyView
+from .particles import ParticleBrowser, ParticleBrowserState, ParticleBrowserView
+from .slices import VolumeView, VolumeViewer, VolumeViewerState
 from .volume import IsosurfaceView, default_iso_level, isosurface, isosurface_mesh
 
-__all__ = ["IsosurfaceView", "default_iso_level", "isosurface", "isosurface_mesh"]
+__all__ = [
+    "ISStudyExplorer",
+    "ISStudyState",
+    "ISStudyView",
+    "IsosurfaceView",
+    "ParticleBrowser",
+    "ParticleBrowserState",
+    "ParticleBrowserView",
+    "SolverDashboard",
+    "SolverDashboardView",
+    "SolverMonitor",
+    "VolumeView",
+    "VolumeViewer",
+    "VolumeViewerState",
+    "default_iso_level",
+    "isosurface",
+    "isosurface_mesh",
+]

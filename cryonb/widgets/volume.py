@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -36,6 +36,12 @@ def isosurface_mesh(volume: ArrayLike, level: float, pixel_size_A: float
     return verts_A, faces.astype(np.int64)
 
 
+def _webgl_indices(faces: np.ndarray) -> np.ndarray:
+    """Triangle indices as uint32: WebGL cannot draw int64 indices (nothing is rendered and the
+    browser logs ``GL_INVALID_ENUM: glDrawElements``)."""
+    return np.ascontiguousarray(faces, dtype=np.uint32)
+
+
 @dataclass
 class IsosurfaceView:
     """An inline iso-surface: ``widget`` (display it) with its named controls.
@@ -48,15 +54,55 @@ class IsosurfaceView:
         The iso-level; moving it recomputes the surface.
     figure : ipyvolume.Figure
     mesh : ipyvolume.Mesh
+    volume : ndarray
+        The map the surface is drawn from (replace it with :meth:`set_volume`).
+    pixel_size_A : float
     """
 
     widget: Any
     level: Any
     figure: Any
     mesh: Any
+    volume: Any = None
+    pixel_size_A: float = 1.0
+    _quiet: bool = field(default=False, repr=False)
 
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
         return self.widget._repr_mimebundle_(**kwargs)
+
+    def redraw(self) -> None:
+        """Recompute the surface of :attr:`volume` at the slider's level."""
+        v, f = isosurface_mesh(self.volume, self.level.value, self.pixel_size_A)
+        with self.mesh.hold_sync():
+            self.mesh.x, self.mesh.y, self.mesh.z, self.mesh.triangles = (
+                v[:, 0], v[:, 1], v[:, 2], _webgl_indices(f))
+
+    def set_volume(self, volume: ArrayLike) -> None:
+        """Draw another map of the same box (e.g. low-pass filtered) at the current level.
+
+        The slider's range follows the new map's range (the level is clipped into it).
+        """
+        vol = np.asarray(volume, dtype=np.float32)
+        if self.volume is not None and vol.shape != np.shape(self.volume):
+            raise ValueError(f"new map {vol.shape} differs from {np.shape(self.volume)}")
+        self.volume = vol
+        lo, hi = float(vol.min()), float(vol.max())
+        level = min(max(self.level.value, lo), hi)
+        self._quiet = True
+        try:  # keep min <= max at every step (the slider validates each assignment)
+            if lo > self.level.max:
+                self.level.max, self.level.min = hi, lo
+            else:
+                self.level.min, self.level.max = lo, hi
+            self.level.step = (hi - lo) / 200 if hi > lo else 1e-6
+            self.level.value = level
+        finally:
+            self._quiet = False
+        self.redraw()
+
+    def _on_level(self, _change: dict) -> None:
+        if not self._quiet:
+            self.redraw()
 
 
 def isosurface(volume: ArrayLike, pixel_size_A: float, level: float | None = None, *,
@@ -79,7 +125,8 @@ def isosurface(volume: ArrayLike, pixel_size_A: float, level: float | None = Non
     verts, faces = isosurface_mesh(vol, start, pixel_size_A)
     half = vol.shape[0] / 2 * pixel_size_A
     fig = ipv.Figure(width=size_px, height=size_px)
-    mesh = ipv.Mesh(x=verts[:, 0], y=verts[:, 1], z=verts[:, 2], triangles=faces, color=color)
+    mesh = ipv.Mesh(x=verts[:, 0], y=verts[:, 1], z=verts[:, 2],
+                    triangles=_webgl_indices(faces), color=color)
     fig.meshes = [mesh]
     fig.xlim, fig.ylim, fig.zlim = (-half, half), (-half, half), (-half, half)
     fig.xlabel, fig.ylabel, fig.zlabel = "x (Å)", "y (Å)", "z (Å)"
@@ -87,11 +134,7 @@ def isosurface(volume: ArrayLike, pixel_size_A: float, level: float | None = Non
     slider = widgets.FloatSlider(value=start, min=lo, max=hi, step=(hi - lo) / 200,
                                  description="level", continuous_update=False,
                                  readout_format=".3g")
-
-    def _update(change: dict) -> None:
-        v, f = isosurface_mesh(vol, change["new"], pixel_size_A)
-        with mesh.hold_sync():
-            mesh.x, mesh.y, mesh.z, mesh.triangles = v[:, 0], v[:, 1], v[:, 2], f
-
-    slider.observe(_update, names="value")
-    return IsosurfaceView(widgets.VBox([slider, fig]), slider, fig, mesh)
+    view = IsosurfaceView(widgets.VBox([slider, fig]), slider, fig, mesh, vol,
+                          float(pixel_size_A))
+    slider.observe(view._on_level, names="value")
+    return view

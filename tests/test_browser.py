@@ -1,0 +1,272 @@
+"""Every notebook runs in JupyterLab in a real, headless browser: no error outputs, widgets render.
+
+JupyterLab is started on 127.0.0.1 with a random token in a temporary folder holding copies of
+the notebooks; Debian's Chromium (``apt-get install chromium``) is driven by Playwright
+(``pip install playwright``) through ``executable_path`` -- no browser is ever downloaded.  For
+each notebook the test waits until the kernel is connected and idle (JupyterLab can show "Idle"
+before its websocket is up, and "Run All" would then run nothing), runs all cells from the Run
+menu, waits for every cell, saves, and reads the saved notebook back through the server's
+contents API to check for error outputs.  It then checks that widget views rendered (ipywidgets
+DOM nodes; a WebGL canvas where the notebook shows a 3D view) and, where a slider named
+"index" exists, moves it with the keyboard and waits for the kernel to send a new picture.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+try:
+    from playwright.sync_api import sync_playwright
+except ImportError:  # pragma: no cover - depends on the environment
+    sync_playwright = None
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed "
+                       "(apt-get install chromium); the test never downloads a browser"),
+    pytest.mark.skipif(sync_playwright is None, reason="playwright is not installed "
+                       "(pip install playwright, the 'test' extra)"),
+]
+
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", "--disable-quic"]
+KNOWN_PAGE_ERRORS = ("this.$set is not a function",)  # ipyvolume's settings panel, harmless
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get_json(url: str, timeout: float = 10.0):
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        return json.loads(response.read().decode())
+
+
+class Lab:
+    """A JupyterLab server in ``root`` (started by the fixture, ended by its pid)."""
+
+    def __init__(self, root: Path, port: int, token: str, process: subprocess.Popen,
+                 log: Path) -> None:
+        self.root, self.port, self.token, self.process, self.log = root, port, token, process, log
+        self.base = f"http://127.0.0.1:{port}"
+
+    def api(self, path: str):
+        sep = "&" if "?" in path else "?"
+        return _get_json(f"{self.base}/api/{path}{sep}token={self.token}")
+
+    def session_for(self, name: str):
+        for session in self.api("sessions"):
+            if Path(session.get("path", "")).name == name:
+                return session
+        return None
+
+    def saved_notebook(self, name: str) -> dict:
+        return self.api(f"contents/{urllib.parse.quote(name)}?content=1")["content"]
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lab")
+    for nb in NOTEBOOKS:
+        shutil.copy(nb, root / nb.name)
+    config = tmp_path_factory.mktemp("jupyter_config")
+    (config / "labconfig").mkdir()
+    (config / "labconfig" / "page_config.json").write_text(json.dumps(
+        {"disabledExtensions": {"@jupyterlab/apputils-extension:announcements": True}}))
+    settings = tmp_path_factory.mktemp("lab_settings")
+    tracker = settings / "@jupyterlab" / "notebook-extension"
+    tracker.mkdir(parents=True)
+    # attach every cell to the DOM so that prompts and outputs can be read off the page
+    (tracker / "tracker.jupyterlab-settings").write_text(json.dumps({"windowingMode": "none"}))
+    env = {**os.environ, "JUPYTER_CONFIG_DIR": str(config),
+           "JUPYTERLAB_SETTINGS_DIR": str(settings),
+           "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path_factory.mktemp("workspaces")),
+           "JUPYTER_RUNTIME_DIR": str(tmp_path_factory.mktemp("runtime"))}
+    port, token = _free_port(), uuid.uuid4().hex
+    cmd = [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ip=127.0.0.1",
+           f"--port={port}", f"--ServerApp.token={token}", f"--ServerApp.root_dir={root}",
+           "--ServerApp.open_browser=False",
+           "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
+    if hasattr(os, "getuid") and os.getuid() == 0:
+        cmd.append("--allow-root")
+    log = root.parent / "jupyterlab.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                   cwd=root)
+    server = Lab(root, port, token, process, log)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"JupyterLab exited: {log.read_text()[-3000:]}")
+            try:
+                server.api("status")
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"JupyterLab did not start: {log.read_text()[-3000:]}")
+                time.sleep(0.5)
+        yield server
+    finally:
+        process.terminate()
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                     args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+def _wait(condition, timeout_s: float, what: str, poll_s: float = 0.5):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(poll_s)
+    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+def _kernel_ready(lab: Lab, name: str) -> bool:
+    session = lab.session_for(name)
+    if session is None:
+        return False
+    kernel = session["kernel"]
+    return kernel.get("connections", 0) >= 1 and kernel.get("execution_state") == "idle"
+
+
+def _prompts(page) -> list[str]:
+    return page.locator(".jp-CodeCell .jp-InputPrompt").all_inner_texts()
+
+
+def _menu(page, menu: str, *commands: str) -> None:
+    """Open ``menu`` in the menu bar and click the first item bound to one of ``commands``."""
+    page.locator(".lm-MenuBar-item", has_text=menu).first.click()
+    selector = ", ".join(f'li.lm-Menu-item[data-command="{c}"]' for c in commands)
+    page.locator(selector).first.click()
+
+
+def _drew_a_surface(canvas) -> bool:
+    """True when the 3D view shows the iso-surface's blue (#8cb4d2, shaded) somewhere."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    canvas.scroll_into_view_if_needed()
+    for _ in range(20):  # WebGL draws on the next animation frames
+        time.sleep(0.5)
+        rgb = np.asarray(Image.open(io.BytesIO(canvas.screenshot())).convert("RGB"), float)
+        blue = (rgb[..., 2] - rgb[..., 0] > 25) & (rgb[..., 2] > 60)
+        if blue.mean() > 0.002:
+            return True
+    return False
+
+
+def _image_sources(page) -> list[str]:
+    return page.eval_on_selector_all(".jp-OutputArea-output img",
+                                     "imgs => imgs.map(i => i.src.slice(-200))")
+
+
+@pytest.mark.timeout(3600)
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def test_notebook_runs_in_jupyterlab(lab, browser, path, tmp_path):
+    name = path.name
+    source = path.read_text()
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page_errors: list[str] = []
+    page.on("pageerror", lambda exc: page_errors.append(str(exc)))
+    try:
+        page.goto(f"{lab.base}/lab/tree/{urllib.parse.quote(name)}?token={lab.token}&reset",
+                  timeout=120_000)
+        page.locator(".jp-NotebookPanel").first.wait_for(timeout=120_000)
+        _wait(lambda: _kernel_ready(lab, name), 180, "the kernel to connect and be idle")
+        n_code = sum(c["cell_type"] == "code" for c in json.loads(source)["cells"])
+        _wait(lambda: len(_prompts(page)) == n_code, 60, f"{n_code} code cells on the page")
+
+        _menu(page, "Run", "runmenu:run-all", "notebook:run-all-cells")
+        _wait(lambda: any("*" in p for p in _prompts(page)), 30, "the cells to be queued")
+
+        def finished() -> bool:
+            prompts = _prompts(page)
+            return (not any("*" in p for p in prompts) and _kernel_ready(lab, name)
+                    and any(ch.isdigit() for ch in "".join(prompts)))
+
+        _wait(finished, 1800, "all cells to run", poll_s=1.0)
+        time.sleep(1.0)  # let the last outputs and widget views render
+        page.screenshot(path=str(tmp_path / f"{path.stem}.png"), full_page=True)
+
+        n_ran = sum(any(ch.isdigit() for ch in p) for p in _prompts(page))
+        _menu(page, "File", "docmanager:save")
+
+        def saved_after_the_run():
+            # (autosave may have written it already; a read can meet a file being written)
+            if page.locator(".lm-TabBar-tab.jp-mod-dirty").count():
+                return None
+            try:
+                nb = lab.saved_notebook(name)
+            except (OSError, ValueError):
+                return None
+            cells = [c for c in nb["cells"] if c["cell_type"] == "code"]
+            return nb if sum(bool(c.get("execution_count")) for c in cells) == n_ran else None
+
+        saved = _wait(saved_after_the_run, 120, "the executed notebook to be saved")
+        code = [c for c in saved["cells"] if c["cell_type"] == "code"]
+        errors = [f"cell {i}: {o.get('ename')}: {o.get('evalue')}"
+                  for i, c in enumerate(code) for o in c.get("outputs", [])
+                  if o.get("output_type") == "error"]
+        assert not errors, errors
+        assert all(c.get("execution_count") for c in code), "some cells did not run"
+
+        if "cryonb.widgets" in source or "ipywidgets" in source:
+            n_widgets = page.locator(".jp-OutputArea-output .jupyter-widgets").count()
+            n_sliders = page.locator(".jp-OutputArea-output .widget-slider").count()
+            assert n_widgets > 0 and n_sliders > 0, "no widget view rendered"
+            if "isosurface(" in source or "VolumeViewer(" in source:
+                canvas = page.locator(".jp-OutputArea-output canvas")
+                assert canvas.count() > 0, "no 3D (WebGL) canvas rendered"
+                assert _drew_a_surface(canvas.first), "the 3D view shows no surface"
+            index = page.locator(".widget-hslider", has=page.locator(
+                ".widget-label", has_text="index"))
+            if index.count():
+                # move a slider with the keyboard: the kernel must answer with a new picture
+                sources = _image_sources(page)
+                index.first.scroll_into_view_if_needed()
+                handle = index.first.locator(".noUi-handle").first
+                handle.focus()
+                handle.press("ArrowRight")
+                _wait(lambda: _image_sources(page) != sources, 120,
+                      "a new picture from the kernel after moving the slider")
+        unexpected = [e for e in page_errors if not any(k in e for k in KNOWN_PAGE_ERRORS)]
+        if unexpected:
+            print(f"{name}: JavaScript errors on the page: {unexpected}")
+    finally:
+        page.close()

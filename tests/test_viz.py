@@ -1,0 +1,172 @@
+"""Static pictures (cryonb.viz) and the data checks they rely on (cryonb.diagnostics)."""
+
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.figure import Figure
+
+from cryonb.ctf import CTFParams
+from cryonb.dataset import Dataset
+from cryonb.diagnostics import box_for_resolution, contrast_scores
+from cryonb.fourier import fft3_centered, frequency_grid_3d
+from cryonb.image_model import ImageModel
+from cryonb.quadrature import Quadrature
+from cryonb.repo_data import real_data_path
+from cryonb.rotations import random_rotations
+from cryonb.sagd import random_spheres
+from cryonb.viz import (
+    contrast_limits,
+    direction_posterior,
+    figure_png,
+    history_table,
+    is_study_figure,
+    is_study_summary,
+    is_study_table,
+    low_pass,
+    particle_page_figure,
+    solver_history_figure,
+    volume_slices_figure,
+)
+
+
+def test_low_pass_keeps_low_and_removes_high_frequencies():
+    rng = np.random.default_rng(0)
+    vol = rng.normal(size=(20, 20, 20))
+    out = low_pass(vol, 2.0, 10.0)  # cutoff 1/10 Å^-1 = 4 Fourier px, edge 2 px
+    kx, ky, kz = frequency_grid_3d(20)
+    r = np.sqrt(kx**2 + ky**2 + kz**2)
+    ratio = np.abs(fft3_centered(out)) / np.abs(fft3_centered(vol))
+    np.testing.assert_allclose(ratio[r <= 4], 1.0, atol=1e-5)
+    assert ratio[r >= 6].max() < 1e-5
+    assert np.array_equal(low_pass(vol, 2.0, 4.0), vol.astype(np.float64))  # Nyquist: no-op
+    assert low_pass(vol[0], 2.0, 10.0, ndim=2).shape == (20, 20)
+
+
+def test_contrast_limits_are_percentiles_and_never_empty():
+    assert contrast_limits(np.arange(101.0), (10, 90)) == (10.0, 90.0)
+    lo, hi = contrast_limits(np.ones(5))
+    assert hi > lo
+
+
+def test_volume_slices_figure_positions_and_titles():
+    vol = np.zeros((16, 16, 16))
+    fig = volume_slices_figure([vol, vol + 1], 3.0, titles=["a", "b"], position=(4, 8, 12))
+    assert isinstance(fig, Figure) and len(fig.axes) == 6
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles[:3] == ["a: z = -12.0 Å", "y = +0.0 Å", "x = +12.0 Å"]
+    assert titles[3].startswith("b:")
+    assert figure_png(fig)[:4] == b"\x89PNG"
+    with pytest.raises(ValueError, match="one shape"):
+        volume_slices_figure([vol, vol[:8, :8, :8]], 3.0)
+
+
+def test_particle_page_figure():
+    images = np.random.default_rng(0).normal(size=(5, 16, 16))
+    fig = particle_page_figure(images, indices=[10, 11, 12, 13, 14],
+                               defocus_A=[1e4, 1.5e4, 2e4, 2.5e4, 3e4], n_cols=3, highlight=12,
+                               pixel_size_A=2.0, low_pass_A=8.0)
+    assert len(fig.axes) == 6 and fig.axes[1].get_title() == "#11  1.50 µm"
+    assert not fig.axes[5].axison  # the empty slot
+    assert particle_page_figure(np.zeros((0, 16, 16))).axes[0].texts
+    with pytest.raises(ValueError, match="pixel_size_A"):
+        particle_page_figure(images, low_pass_A=8.0)
+
+
+def test_direction_posterior_marks_the_mode_and_the_truth():
+    quad = Quadrature.from_counts(100, 4)
+    p = np.zeros(quad.n_directions)
+    p[7], p[8] = 0.9, 0.1
+    rot = quad.rotations_for([7], [0])[0]
+    fig = direction_posterior(p, quad, true_rotation=rot, title="x")
+    ax = fig.axes[0]
+    assert ax.name == "mollweide" and "2 of 100 directions" in ax.get_title()
+    r, t = quad.direction_angles_deg
+    legend = [txt.get_text() for txt in ax.get_legend().get_texts()]
+    assert legend[0] == f"mode (rot {r[7]:.0f}°, tilt {t[7]:.0f}°)"
+    assert legend[1] == f"true (rot {r[7]:.0f}°, tilt {t[7]:.0f}°)"  # R @ z is direction 7
+    with pytest.raises(ValueError, match="100 directions"):
+        direction_posterior(p[:10], quad)
+
+
+def _records(n, phase=None):
+    out = []
+    for i in range(n):
+        rec = {"iteration": i, "stage": 0, "max_freq_invA": 0.025 + 0.005 * (i // 3),
+               "objective": 100.0 / (i + 1), "heldout_nll": np.nan if i % 2 else 90.0 / (i + 1),
+               "L": 1.0, "eps": 1.0, "step_size": 1.0, "fraction_evaluated": 1.0 / (i + 1),
+               "wall_time_s": float(i), "batch": 0}
+        if phase:
+            rec["phase"] = phase
+        out.append(rec)
+    return out
+
+
+def test_solver_history_figure_from_records_frames_and_phases():
+    fig = solver_history_figure(_records(6))
+    ax_nll, ax_res, ax_frac = fig.axes
+    assert len(ax_nll.get_lines()) == 2  # minibatch + held-out
+    np.testing.assert_allclose(ax_res.get_lines()[0].get_ydata()[-1], 1 / 0.03)
+    assert ax_frac.get_yscale() == "log"
+    job = pd.DataFrame(_records(4, "common") + _records(2, "half1") + _records(2, "half2"))
+    table = history_table(job)
+    assert table["step"].tolist() == [0, 1, 2, 3, 4, 5, 4, 5]  # halves side by side
+    assert len(solver_history_figure(job).axes[1].get_lines()) == 3
+    assert solver_history_figure([]).axes[0].texts  # nothing yet
+
+
+def test_is_study_summary_table_and_figure():
+    curve = SimpleNamespace(ess_scales=np.array([1.0, 10.0]),
+                            relative_errors=np.array([[[0.1, 0.3]], [[0.01, 0.03]]]),
+                            n_evaluated=np.array([[[10, 30]], [[100, 300]]]),
+                            quadrature_size=1000)
+    table = is_study_table({0.05: curve, 0.1: curve})
+    assert len(table) == 8 and set(table.columns) >= {"s_B", "max_freq_invA", "relative_error",
+                                                      "fraction_evaluated"}
+    summary = is_study_summary(table)
+    row = summary[(summary["s_B"] == 10.0) & (summary["band_limit"] == 0.1)].iloc[0]
+    assert row["relative_error"] == pytest.approx(0.02) and row["fraction"] == pytest.approx(0.2)
+    assert row["speedup"] == pytest.approx(5.0) and row["n"] == 2
+    fig = is_study_figure(table, s_B=10.0, band_limit=0.1)
+    assert len(fig.axes) == 3 and "s_B = 10" in fig.axes[2].get_title()
+    with pytest.raises(KeyError, match="relative_error"):
+        is_study_summary(table.drop(columns="relative_error"))
+
+
+def _white_particles(n=12, box=32, psize=5.0):
+    rng = np.random.default_rng(0)
+    volume = random_spheres(box, rng, n_spheres=8, radius_fraction=0.15, mass=500.0)
+    ctf = CTFParams(defocus_u_A=rng.uniform(15000, 25000, n), defocus_v_A=20000.0,
+                    defocus_angle_deg=0.0, voltage_kV=300.0, cs_mm=2.7, amplitude_contrast=0.1)
+    images = ImageModel(box, psize).forward(volume, random_rotations(n, rng), None, ctf)
+    images = images + rng.normal(0, 0.5 * images.std(), images.shape)
+    return Dataset.from_arrays(images.astype(np.float32), psize, ctf=ctf)
+
+
+def test_contrast_scores_tell_white_from_dark_particles():
+    ds = _white_particles()
+    assert np.median(contrast_scores(ds)) > 0.2  # simulated in RELION's (white) convention
+    np.testing.assert_allclose(contrast_scores(ds.inverted()), -contrast_scores(ds))
+    with pytest.raises(ValueError, match="CTF"):
+        contrast_scores(Dataset.from_arrays(np.zeros((2, 8, 8), np.float32), 1.0))
+
+
+def test_contrast_scores_on_real_particles_agree_with_cryosparc_sign():
+    """EMPIAR-10076: the .cs marks dark particles (blob/sign -1); the STAR file does not."""
+    star = Dataset.from_star(real_data_path("cryodrgn_empiar10076/empiar_10076_7.star"))
+    cs = Dataset.from_cryosparc(real_data_path("cryodrgn_empiar10076/empiar_10076_7.cs"))
+    assert (contrast_scores(star) < 0).all() and (contrast_scores(cs) > 0).all()
+
+
+def test_box_for_resolution():
+    assert box_for_resolution(320, 1.31, 10.0) == 84  # 84 px at 4.99 Å: Nyquist 9.98 Å
+    assert box_for_resolution(64, 3.15625, 15.0) == 28
+    assert box_for_resolution(64, 3.0, 4.0) == 64  # cannot go finer than the data
+    assert box_for_resolution(400, 1.0, 400.0) == 8
+
+
+def test_real_data_path_names_what_is_there():
+    assert real_data_path("PROVENANCE.md").is_file()
+    with pytest.raises(FileNotFoundError, match=r"empiar_10076_7\.star"):
+        real_data_path("nope.star")
