@@ -9,6 +9,10 @@ menu, waits for every cell, saves, and reads the saved notebook back through the
 contents API to check for error outputs.  It then checks that widget views rendered (ipywidgets
 DOM nodes; a WebGL canvas where the notebook shows a 3D view) and, where a slider named
 "index" exists, moves it with the keyboard and waits for the kernel to send a new picture.
+
+Screenshots (the page after the run, and the page scrolled to the first widget view) are saved
+in ``test-artefacts/browser/`` (or ``$CRYONB_ARTEFACTS/browser``).  The test is marked slow (it
+runs in the second stage of ``.ci/run``); set ``CRYONB_SKIP_BROWSER=1`` to skip it locally.
 """
 
 from __future__ import annotations
@@ -41,7 +45,12 @@ pytestmark = [
                        "(apt-get install chromium); the test never downloads a browser"),
     pytest.mark.skipif(sync_playwright is None, reason="playwright is not installed "
                        "(pip install playwright, the 'test' extra)"),
+    pytest.mark.skipif(os.environ.get("CRYONB_SKIP_BROWSER", "") not in ("", "0"),
+                       reason="CRYONB_SKIP_BROWSER is set"),
 ]
+
+#: Screenshots are test artefacts: the whole page, and the browser's view of the first widget.
+ARTEFACTS = Path(os.environ.get("CRYONB_ARTEFACTS", ROOT / "test-artefacts")) / "browser"
 
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                  "--disable-background-networking", "--disable-component-update",
@@ -222,7 +231,8 @@ def test_notebook_runs_in_jupyterlab(lab, browser, path, tmp_path):
 
         _wait(finished, 1800, "all cells to run", poll_s=1.0)
         time.sleep(1.0)  # let the last outputs and widget views render
-        page.screenshot(path=str(tmp_path / f"{path.stem}.png"), full_page=True)
+        ARTEFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(ARTEFACTS / f"{path.stem}_page.png"), full_page=True)
 
         n_ran = sum(any(ch.isdigit() for ch in p) for p in _prompts(page))
         _menu(page, "File", "docmanager:save")
@@ -265,6 +275,10 @@ def test_notebook_runs_in_jupyterlab(lab, browser, path, tmp_path):
                 handle.press("ArrowRight")
                 _wait(lambda: _image_sources(page) != sources, 120,
                       "a new picture from the kernel after moving the slider")
+            first = page.locator(".jp-OutputArea-output .jupyter-widgets").first
+            first.scroll_into_view_if_needed()
+            page.evaluate("window.scrollBy(0, 0)")
+            page.screenshot(path=str(ARTEFACTS / f"{path.stem}.png"))
         unexpected = [e for e in page_errors if not any(k in e for k in KNOWN_PAGE_ERRORS)]
         if unexpected:
             print(f"{name}: JavaScript errors on the page: {unexpected}")
