@@ -10,7 +10,7 @@ contents API to check for error outputs.  It then checks that widget views rende
 DOM nodes; a WebGL canvas where the notebook shows a 3D view) and, where a slider named
 "index" exists, moves it with the keyboard and waits for the kernel to send a new picture.
 
-Screenshots (the page after the run, and the page scrolled to the first widget view) are saved
+Screenshots (the page after the run, and the first cell whose output has a slider) are saved
 in ``test-artefacts/browser/`` (or ``$CRYONB_ARTEFACTS/browser``).  The test is marked slow (it
 runs in the second stage of ``.ci/run``); set ``CRYONB_SKIP_BROWSER=1`` to skip it locally.
 """
@@ -49,7 +49,7 @@ pytestmark = [
                        reason="CRYONB_SKIP_BROWSER is set"),
 ]
 
-#: Screenshots are test artefacts: the whole page, and the browser's view of the first widget.
+#: Screenshots are test artefacts: the page after the run, and the first cell with a slider.
 ARTEFACTS = Path(os.environ.get("CRYONB_ARTEFACTS", ROOT / "test-artefacts")) / "browser"
 
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
@@ -275,10 +275,12 @@ def test_notebook_runs_in_jupyterlab(lab, browser, path, tmp_path):
                 handle.press("ArrowRight")
                 _wait(lambda: _image_sources(page) != sources, 120,
                       "a new picture from the kernel after moving the slider")
-            first = page.locator(".jp-OutputArea-output .jupyter-widgets").first
-            first.scroll_into_view_if_needed()
-            page.evaluate("window.scrollBy(0, 0)")
-            page.screenshot(path=str(ARTEFACTS / f"{path.stem}.png"))
+            # the first cell whose output has a slider (the notebook's main view), alone
+            cell = page.locator(".jp-Notebook .jp-Cell", has=page.locator(
+                ".jp-OutputArea-output .widget-slider")).first
+            cell.scroll_into_view_if_needed()
+            time.sleep(1.0)
+            cell.screenshot(path=str(ARTEFACTS / f"{path.stem}.png"))
         unexpected = [e for e in page_errors if not any(k in e for k in KNOWN_PAGE_ERRORS)]
         if unexpected:
             print(f"{name}: JavaScript errors on the page: {unexpected}")

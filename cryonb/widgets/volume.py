@@ -11,8 +11,8 @@ from numpy.typing import ArrayLike
 __all__ = ["IsosurfaceView", "default_iso_level", "isosurface", "isosurface_mesh"]
 
 
-def default_iso_level(volume: ArrayLike, enclosed_fraction: float = 0.05) -> float:
-    """The density level above which ``enclosed_fraction`` of the voxels lie (default 5 %)."""
+def default_iso_level(volume: ArrayLike, enclosed_fraction: float = 0.02) -> float:
+    """The density level above which ``enclosed_fraction`` of the voxels lie (default 2 %)."""
     return float(np.quantile(np.asarray(volume), 1.0 - enclosed_fraction))
 
 
@@ -115,7 +115,7 @@ def isosurface(volume: ArrayLike, pixel_size_A: float, level: float | None = Non
     pixel_size_A : float
         Axes in Å with the box centre (voxel N//2) at 0.
     level : float, optional
-        Initial iso-level (default :func:`default_iso_level`, 5 % of the voxels above).
+        Initial iso-level (default :func:`default_iso_level`, 2 % of the voxels above).
     """
     import ipyvolume as ipv  # optional dependency
     import ipywidgets as widgets
