@@ -278,9 +278,11 @@ def test_notebook_runs_in_jupyterlab(lab, browser, path, tmp_path):
             # the first cell whose output has a slider (the notebook's main view), alone
             cell = page.locator(".jp-Notebook .jp-Cell", has=page.locator(
                 ".jp-OutputArea-output .widget-slider")).first
+            page.set_viewport_size({"width": 1400, "height": 2000})  # room for a tall view
             cell.scroll_into_view_if_needed()
             time.sleep(1.0)
             cell.screenshot(path=str(ARTEFACTS / f"{path.stem}.png"))
+            page.set_viewport_size({"width": 1400, "height": 1000})
         unexpected = [e for e in page_errors if not any(k in e for k in KNOWN_PAGE_ERRORS)]
         if unexpected:
             print(f"{name}: JavaScript errors on the page: {unexpected}")
