@@ -89,19 +89,28 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 # ----------------------------------------------------------------------------- helpers
-def _time_v(cmd: list[str], cwd: Path, stdout: Path, stderr: Path) -> tuple[float, float, float]:
-    """Run ``cmd`` under ``/usr/bin/time -v``: (wall s, CPU s (user + sys), peak resident MB)."""
+def _time_v(cmd: list[str], cwd: Path, stdout: Path, stderr: Path,
+            timeout_s: float | None = None) -> tuple[float, float, float, bool]:
+    """Run ``cmd`` under ``/usr/bin/time -v``: (wall s, CPU s (user + sys), peak resident MB,
+    timed out).  After ``timeout_s`` the command (not ``time``, which then still reports) gets
+    SIGTERM."""
     t0 = time.perf_counter()
+    timed_out = False
     with open(stdout, "wb") as out, open(stderr, "wb") as err:
-        rc = subprocess.run(["/usr/bin/time", "-v", *cmd], cwd=cwd, stdout=out,
-                            stderr=err).returncode
+        proc = subprocess.Popen(["/usr/bin/time", "-v", *cmd], cwd=cwd, stdout=out, stderr=err)
+        try:
+            rc = proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            subprocess.run(["pkill", "-TERM", "-P", str(proc.pid)], check=False)
+            rc = proc.wait()
     wall = time.perf_counter() - t0
     text = stderr.read_text(errors="replace")
-    if rc != 0:
+    if rc != 0 and not timed_out:
         raise RuntimeError(f"{cmd[0]} failed ({rc}); see {stderr}:\n{text[-2000:]}")
     match = re.search(r"Maximum resident set size \(kbytes\): (\d+)", text)
     cpu = sum(float(m) for m in re.findall(r"(?:User|System) time \(seconds\): ([\d.]+)", text))
-    return wall, cpu, (int(match.group(1)) / 1024 if match else float("nan"))
+    return wall, cpu, (int(match.group(1)) / 1024 if match else float("nan")), timed_out
 
 
 def _score(volume: np.ndarray, truth: np.ndarray) -> dict:
@@ -152,13 +161,27 @@ def relion_command(out: Path, schedule) -> list[str]:
             "--sgd_fin_iter", str(fin), "--sgd_write_iter", str(write), *args]
 
 
-def run_relion(data: Path, out: Path, schedule, truth: np.ndarray) -> dict:
-    from cryonb.io import read_mrc
+def run_relion(data: Path, out: Path, schedule, truth: np.ndarray,
+               timeout_min: float | None = None) -> dict:
+    """RELION's SGD initial model, scored at every written iteration.
 
+    With ``timeout_min`` RELION is stopped after that long; its result is then the last map it
+    wrote, and its wall time (``wall_s``) the time that map was written (the time it spent on
+    the unfinished iteration is in ``stopped_at_s``).
+    """
     out.mkdir(parents=True, exist_ok=True)
     cmd = relion_command(out, schedule)
     start = time.time()
-    wall, cpu, peak = _time_v(cmd, data, out / "stdout.txt", out / "time.txt")
+    wall, cpu, peak, timed_out = _time_v(cmd, data, out / "stdout.txt", out / "time.txt",
+                                         None if timeout_min is None else 60.0 * timeout_min)
+    return score_relion(out, cmd, start, wall, cpu, peak, timed_out, truth)
+
+
+def score_relion(out: Path, cmd: list[str], start: float, wall: float, cpu: float, peak: float,
+                 timed_out: bool, truth: np.ndarray) -> dict:
+    """Score the maps RELION wrote in ``out`` (times from their modification times)."""
+    from cryonb.io import read_mrc
+
     rows = []
     for path in sorted(out.glob("run_it*_class001.mrc")):
         it = int(re.search(r"_it(\d+)_", path.name).group(1))
@@ -168,8 +191,11 @@ def run_relion(data: Path, out: Path, schedule, truth: np.ndarray) -> dict:
                      **_score(read_mrc(path, mmap=False).data, truth)})
     rows.sort(key=lambda r: r["iteration"])
     final = rows[-1]
+    stopped_at = None
+    if timed_out:
+        stopped_at, wall = round(wall, 1), final["t_s"]
     return {"command": " ".join(cmd), "wall_s": round(wall, 1), "cpu_s": round(cpu),
-            "peak_mb": round(peak),
+            "peak_mb": round(peak), "stopped_at_s": stopped_at,
             "iterations": rows, "final": final,
             "t_to_final_res_s": _first_time_at(rows, final["res_0143"])}
 
@@ -182,8 +208,9 @@ def run_cryonb(data: Path, out: Path, box: int, stage_iterations: int, minutes: 
                        "shift_sigma_A": 8.4, "shift_extent_A": 20.0,
                        "iterations_per_stage": stage_iterations, "seed": 0}}
     (out / "spec.json").write_text(json.dumps(spec))
-    wall, cpu, peak = _time_v([sys.executable, "-m", "benchmarks.abinitio", "--worker",
-                          str(out / "spec.json")], ROOT, out / "stdout.txt", out / "time.txt")
+    wall, cpu, peak, _ = _time_v([sys.executable, "-m", "benchmarks.abinitio", "--worker",
+                                  str(out / "spec.json")], ROOT, out / "stdout.txt",
+                                 out / "time.txt")
     snaps = np.load(out / "snapshots.npz")
     rows = []
     for t, it, phase, vol in zip(snaps["t_s"], snaps["iteration"], snaps["phase"],
@@ -247,7 +274,7 @@ def _worker(spec_path: str) -> int:
 
 
 # ----------------------------------------------------------------------------- driver
-def run(mode: str = "full", keep: bool = False) -> dict:
+def run(mode: str = "full", keep: bool = False, relion_timeout_min: float | None = None) -> dict:
     from cryonb.io import read_mrc
 
     results = ROOT / "benchmarks" / "results"
@@ -261,7 +288,13 @@ def run(mode: str = "full", keep: bool = False) -> dict:
           f"{time.perf_counter() - t0:.0f} s", flush=True)
     truth = np.asarray(read_mrc(data / "truth.mrc", mmap=False).data, dtype=np.float64)
 
-    relion = run_relion(data, work / "relion", RELION_SCHEDULE[mode], truth)
+    relion = run_relion(data, work / "relion", RELION_SCHEDULE[mode], truth, relion_timeout_min)
+    return finish(mode, work, data, truth, relion, keep)
+
+
+def finish(mode: str, work: Path, data: Path, truth: np.ndarray, relion: dict,
+           keep: bool) -> dict:
+    """cryonb with RELION's wall time as its budget, then the summary (see :func:`run`)."""
     print(f"[abinitio] RELION: {relion['wall_s']:.0f} s, {relion['final']['res_0143']:.1f} Å",
           flush=True)
     cryonb = run_cryonb(data, work / "cryonb", CRYONB_BOX[mode], CRYONB_STAGE_ITERATIONS[mode],
@@ -292,7 +325,6 @@ def run(mode: str = "full", keep: bool = False) -> dict:
     ]
     result = {"mode": mode, "n_particles": N_PARTICLES[mode], "rows": rows, "relion": relion,
               "cryonb": cryonb}
-    results.mkdir(parents=True, exist_ok=True)
     (work / "abinitio.json").write_text(json.dumps(result, indent=1, default=str))
     return result
 
@@ -304,6 +336,9 @@ def _fmt(value, spec=".1f") -> str:
 def report(result: dict) -> None:
     relion, cryonb = result["relion"], result["cryonb"]
     print(f"\nRELION command: {relion['command']}")
+    if relion.get("stopped_at_s"):
+        print(f"RELION was stopped after {relion['stopped_at_s']:.0f} s (--relion-timeout); its "
+              f"result is its last written map, at {relion['wall_s']:.0f} s")
     print(f"cryonb config:  {cryonb['config']}")
     print("\nRELION per written iteration (t = wall s since start):")
     for r in relion["iterations"]:
@@ -338,11 +373,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="full (RELION 75 iterations, hours here), short (8 iterations, "
                         "about 2 x 30 min) or quick (1,000 particles, smoke test)")
     parser.add_argument("--keep", action="store_true", help="keep the stacks and all maps")
+    parser.add_argument("--relion-timeout", type=float, default=None, metavar="MIN",
+                        help="stop RELION after MIN minutes and score the last map it wrote")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         return _worker(args.worker)
-    report(run(mode=args.mode, keep=args.keep))
+    report(run(mode=args.mode, keep=args.keep, relion_timeout_min=args.relion_timeout))
     return 0
 
 
