@@ -7,7 +7,7 @@ import importlib
 import json
 from pathlib import Path
 
-MODULES = ["bench_projection", "likelihood", "abinitio"]
+MODULES = ["bench_projection", "likelihood", "abinitio", "out_of_core", "distributed"]
 
 
 def main() -> int:

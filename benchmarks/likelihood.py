@@ -13,15 +13,30 @@ Columns
   a batch of ``B_rate`` images).  The exhaustive grid is too large to run whole, so the rate is
   measured on a subset of ``n_dir`` directions (x all in-plane angles x all shifts: the same
   code path, block sizes and batch as the full grid; the score cache is disabled when the full
-  grid would not fit it, so the gradient pass recomputes the scores as it would).  ``t_full``
-  extrapolates the time of one exhaustive evaluation per image.
-* ``GFLOP/s``: the same work as ``8 Mh`` flops per term (``Mh`` = half-plane frequencies): the
-  score GEMM ``(rotations x 2Mh) @ (2Mh x images*shifts)`` and the gradient GEMM of the
-  posterior with the same data, 2 flops per multiply-add each; slicing, exponentials,
-  back-projection and any recomputation are overhead, not counted.
+  grid would not fit it).  The costs paid once per call, whatever the number of points (the
+  images' ``Z`` matrices, the 3D FFT of the gradient's adjoint, buffers), are measured
+  separately by the same call on one rotation (``t_call_s``) and taken out:
+  ``points/s = points / (t - t_call)``, the rate of the full grid, where they are amortised
+  over ~1e9 points per image.  ``t_full`` extrapolates the time of one exhaustive evaluation
+  per image (``t_call / B_rate`` included).
+* ``grad_terms``: fraction of the terms whose posterior entered the gradient (the engine skips
+  the terms whose posterior underflows to 0 in float32 and takes the others from the value
+  pass, see ``cryonb.likelihood``; here, on a subset of random directions normalised on
+  itself, the posterior is much less concentrated than on the full grid).
+* ``GFLOP/s``: the useful GEMM work done, ``4 Mh`` flops per term of the score GEMM
+  ``(rotations x 2Mh) @ (2Mh x images*shifts)`` (``Mh`` = half-plane frequencies; real-packed:
+  ``Re<a, b>`` as one real dot product of length ``2Mh``) plus ``4 Mh`` per term of the
+  gradient product of the posterior with the same data (only the terms it was computed for,
+  ``grad_terms``); 2 flops per multiply-add.  Slicing, exponentials, back-projection and any
+  recomputation are overhead, not counted.  (Before the gradient skipped terms this was
+  ``8 Mh`` per term.)
 * ``gemm_frac``: GFLOP/s over the rate of a complex64 ``numpy.matmul`` measured in this run with
   the shapes of one block of the engine: ``(rotations of a block x Mh) @ (Mh x images*shifts)``,
-  8 flops per complex multiply-add.
+  8 flops per complex multiply-add.  ``sgemm_frac``: the same over the rate of the GEMM the
+  engine actually runs, float32 ``(rotations x 2Mh) @ (2Mh x images*shifts)`` (transposed
+  right operand), 2 flops per multiply-add, measured in the same way.  ``frac_call``:
+  ``gemm_frac`` with the per-call costs included (the ratio for this one call of ``n_dir``
+  directions).
 * ``is_speedup``: exhaustive points / points evaluated per image by importance sampling at
   ``s_B = 10``; ``is_time_x``: extrapolated exhaustive time / measured IS time (value only).
   ``is_rel_err``: RMS over images and 2 draws of ``|log p_IS - log p| / |log p|``.
@@ -47,7 +62,8 @@ best of 3 runs before and after each measurement, the engine the best of 2, whic
 ratio steadier under load.
 
 The last line is machine-readable: ``RESULT gemm_fraction=F is_speedup=X is_rel_error=E`` for
-box 128 at the final band limit 1/10 Å^-1 with ``s_B = 10``.
+box 128 at the final band limit 1/10 Å^-1 with ``s_B = 10`` (``gemm_frac``: complex64 reference,
+per-call costs amortised).
 """
 
 from __future__ import annotations
@@ -84,6 +100,7 @@ def _best(fn, repeat=2):
 
 
 def _cgemm_gflops(rows, inner, cols):
+    """complex64 ``(rows x inner) @ (inner x cols)``, 8 flops per multiply-add."""
     rng = np.random.default_rng(0)
     a = (rng.standard_normal((rows, inner)) + 1j * rng.standard_normal((rows, inner))).astype(
         np.complex64)
@@ -92,6 +109,18 @@ def _cgemm_gflops(rows, inner, cols):
     a @ b  # warm up
     t = _best(lambda: a @ b, repeat=3)
     return 8.0 * rows * inner * cols / t / 1e9
+
+
+def _sgemm_gflops(rows, inner, cols):
+    """float32 ``(rows x inner) @ (inner x cols)`` with the right operand stored transposed,
+    as the engine's score GEMM; 2 flops per multiply-add."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((rows, inner), dtype=np.float32)
+    b = rng.standard_normal((cols, inner), dtype=np.float32)
+    out = np.empty((rows, cols), dtype=np.float32)
+    np.matmul(a, b.T, out=out)  # warm up
+    t = _best(lambda: np.matmul(a, b.T, out=out), repeat=3)
+    return 2.0 * rows * inner * cols / t / 1e9
 
 
 def _simulate(box, pixel_size_A, n, rng):
@@ -113,13 +142,12 @@ def _simulate(box, pixel_size_A, n, rng):
 
 
 def _block_shape(lik, n_img, mh):
-    """Rows of one block and image columns of one group, as ``MarginalLikelihood`` chooses."""
+    """Rows of one block, image columns of one group and whether the scores are cached, as
+    ``MarginalLikelihood`` chooses them for the full grid."""
     q = lik.quadrature
-    per_image = q.n_shifts * 2 * mh * 4
-    group = int(max(1, min(n_img, lik.block_bytes // per_image)))
-    row_bytes = 4 * (group * q.n_shifts + 4 * mh)
-    k_d = int(max(1, min(q.n_directions, lik.block_bytes // max(1, row_bytes * q.n_inplane))))
-    return k_d * q.n_inplane, group
+    sizes = [len(g.images) for g in lik._groups(n_img, None, mh, np.float32)[0]]
+    k_d, keep = lik._dense_plan(sizes, q.n_directions, q.n_inplane, q.n_shifts, 4, True)
+    return k_d * q.n_inplane, sizes[0], keep
 
 
 def _edge_mass(res, subsets, q, truth_rots, truth_shifts, sym, cap_inner, shift_inner):
@@ -157,11 +185,9 @@ def _one_config(box, pixel_size_A, w, rng):
     q = Quadrature.for_band_limit(w, box_size=box, pixel_size_A=pixel_size_A)
     probe = MarginalLikelihood(model, q)
     mh = len(probe.half_plane[0])
-    flops_per_point = 8.0 * mh
+    flops_per_point = 8.0 * mh   # score and gradient products, for the size of the subset
     # the full grid's cache decision, reproduced on the subset
-    full_cache = q.n_rotations * (min(B_RATE, _block_shape(probe, B_RATE, mh)[1]) * q.n_shifts
-                                  + 2 * mh) * 4
-    cache = probe.cache_bytes if full_cache <= probe.cache_bytes else 0
+    cache = probe.cache_bytes if _block_shape(probe, B_RATE, mh)[2] else 0
     lik = MarginalLikelihood(model, q, cache_bytes=cache)
     prep = lik.prepare(images, ctf, sigma)
     vol_ft = model.projector.volume_to_fourier(volume)  # float32 -> complex64
@@ -176,15 +202,32 @@ def _one_config(box, pixel_size_A, w, rng):
     warm = PoseSubset(dirs[:1], sub.inplane, sub.shifts, np.zeros(1), sub.log_is_inplane,
                       sub.log_is_shifts)
     lik.evaluate(vol_ft, batch.subset([0, 1]), subsets=[warm, warm], gradient=True)
-    rows, group = _block_shape(lik, B_RATE, mh)
+    rows, group, _ = _block_shape(lik, B_RATE, mh)
     gemm = _cgemm_gflops(rows, mh, group * q.n_shifts)
-    t_rate = _best(lambda: lik.evaluate(vol_ft, batch, subsets=[sub] * B_RATE, gradient=True),
+    sgemm = _sgemm_gflops(rows, 2 * mh, group * q.n_shifts)
+    # per-call costs: the same call on one rotation (one direction, one in-plane angle)
+    one = PoseSubset(dirs[:1], sub.inplane[:1], sub.shifts, np.zeros(1), np.zeros(1),
+                     sub.log_is_shifts)
+    t_call = _best(lambda: lik.evaluate(vol_ft, batch, subsets=[one] * B_RATE, gradient=True),
                    repeat=2)
+    res_box = []
+
+    def run_rate():
+        res_box[:] = [lik.evaluate(vol_ft, batch, subsets=[sub] * B_RATE, gradient=True)]
+
+    t_rate = _best(run_rate, repeat=2)
+    t_value = _best(lambda: lik.evaluate(vol_ft, batch, subsets=[sub] * B_RATE), repeat=1)
     gemm = max(gemm, _cgemm_gflops(rows, mh, group * q.n_shifts))
+    sgemm = max(sgemm, _sgemm_gflops(rows, 2 * mh, group * q.n_shifts))
     points = n_dir * q.n_inplane * q.n_shifts * B_RATE
-    rate = points / t_rate
-    gflops = rate * flops_per_point / 1e9
-    t_full = q.size / rate  # s per image, value + gradient
+    grad_terms = float(res_box[0].n_gradient.sum())
+    useful_flops = 4.0 * mh * (points + grad_terms)
+    t_points = max(t_rate - t_call, 1e-9)
+    rate = points / t_points
+    gflops = useful_flops / t_points / 1e9
+    t_full = q.size / rate + t_call / B_RATE  # s per image, value + gradient
+    # value only; its per-call costs are at most t_call (no adjoint), so this errs low
+    t_full_value = q.size * max(t_value - t_call, 1e-9) / points + t_call / B_RATE
 
     # ---- importance sampling at s_B = 10 from a recorded posterior
     ids = np.arange(B_IS)
@@ -208,12 +251,14 @@ def _one_config(box, pixel_size_A, w, rng):
     curve = is_error_curve(lik, vol_ft, is_batch, sampler, ids, [ESS_SCALE],
                            np.random.default_rng(1), exact=exact, n_trials=2)
     t_is = (time.perf_counter() - t0) / (2 * B_IS)
-    t_full_value = t_full / 2.0  # the value pass is about half of value + gradient
     return {
         "box": box, "px_A": pixel_size_A, "w": f"1/{1 / w:.0f}",
         "grid": f"{q.n_directions}x{q.n_inplane}x{q.n_shifts}", "points": f"{q.size:.2e}",
-        "Mh": mh, "n_dir": n_dir, "points/s": f"{rate:.3g}", "GFLOP/s": round(gflops, 1),
+        "Mh": mh, "n_dir": n_dir, "points/s": f"{rate:.3g}", "t_call_s": round(t_call, 2),
+        "grad_terms": f"{grad_terms / points:.2g}", "GFLOP/s": round(gflops, 1),
         "gemm_GFLOP/s": round(gemm, 1), "gemm_frac": round(gflops / gemm, 3),
+        "sgemm_GFLOP/s": round(sgemm, 1), "sgemm_frac": round(gflops / sgemm, 3),
+        "frac_call": round(useful_flops / t_rate / 1e9 / gemm, 3),
         "t_full_s": f"{t_full:.3g}", "exact": exact_kind,
         "is_speedup": f"{float(curve.speedup[0]):.4g}",
         "is_time_x": f"{t_full_value / t_is:.3g}",
@@ -245,9 +290,9 @@ def main() -> int:
           f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', '(default)')} "
           f"cores={os.cpu_count()}")
     rows = run(verbose=True)["rows"]
-    cols = ["box", "w", "grid", "points", "Mh", "points/s", "GFLOP/s", "gemm_GFLOP/s",
-            "gemm_frac", "t_full_s", "exact", "is_speedup", "is_time_x", "is_rel_err",
-            "is_err_nats", "edge"]
+    cols = ["box", "w", "grid", "points", "Mh", "points/s", "t_call_s", "grad_terms",
+            "GFLOP/s", "gemm_GFLOP/s", "gemm_frac", "sgemm_GFLOP/s", "sgemm_frac", "frac_call",
+            "t_full_s", "exact", "is_speedup", "is_time_x", "is_rel_err", "is_err_nats", "edge"]
     width = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in cols}
     print()
     print("  ".join(c.rjust(width[c]) for c in cols))

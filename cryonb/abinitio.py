@@ -113,6 +113,8 @@ class AbInitioRun:
     """One ab initio job on ``dataset`` writing into ``out_dir`` (see the module docstring).
 
     Call :meth:`run`; with ``resume=True`` it continues from ``out_dir/checkpoint.npz``.
+    ``client``: a ``distributed.Client``; every solver then computes its minibatches on the
+    cluster's workers (:mod:`cryonb.distributed`; same results as without).
     """
 
     dataset: Dataset
@@ -120,6 +122,7 @@ class AbInitioRun:
     config: AbInitioConfig = field(default_factory=AbInitioConfig)
     progress: bool = True
     callback: Any = None
+    client: Any = None
 
     def __post_init__(self) -> None:
         self.out_dir = Path(self.out_dir)
@@ -178,7 +181,7 @@ class AbInitioRun:
         return SAGDSolver(self._objective(self.work, self.objective_rng),
                           n_images=len(self.work), box_size=self.work.box_size, params=params,
                           rng=self.rng, prior=self.prior, initial_volume=start,
-                          callback=self._on_record)
+                          callback=self._on_record, client=self.client)
 
     def _split(self, volume: NDArray, iteration: int) -> None:
         # the halves share only the common map's content below the split band limit
@@ -201,7 +204,8 @@ class AbInitioRun:
                                                                              10 + h])),
                                 n_images=len(sub), box_size=self.work.box_size, params=params,
                                 rng=np.random.default_rng([self.config.seed, 20 + h]),
-                                prior=self.prior, initial_volume=volume, callback=self._on_record)
+                                prior=self.prior, initial_volume=volume, callback=self._on_record,
+                                client=self.client)
             self._carry_over_sampling(solver.objective, sel)
             self.halves.append(_Half(f"half{h + 1}", sub, sel, solver))
         self._split_iteration = iteration
@@ -413,6 +417,8 @@ class AbInitioRun:
                 obj.set_band_limit(h.solver.params.start_max_freq_invA)
             for start in range(0, len(h.ids), 200):
                 local = np.arange(start, min(len(h.ids), start + 200))
+                if start + 200 < len(h.ids):  # read the next batch while this one is scored
+                    obj.prefetch(np.arange(start + 200, min(len(h.ids), start + 400)))
                 obj.evaluate(h.solver.volume, local, gradient=False, record=False,
                              iteration=h.solver.iteration)
                 res = obj.last_result

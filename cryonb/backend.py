@@ -4,6 +4,11 @@ No backend is chosen at import time.  Objects that compute take a ``backend`` ar
 when it is ``None`` they use the backend of the innermost :func:`use_backend` block,
 else NumPy.  CuPy is imported lazily, only when asked for.
 
+A third name, ``"array_api_strict"``, selects the strict array-API namespace of the
+``array-api-strict`` package (a test dependency): it runs the backend-generic device path of
+:mod:`cryonb.device` on the host, to check that it uses the standard only.  Only the objects
+that route to :mod:`cryonb.device` (e.g. :class:`cryonb.objective.MarginalObjective`) accept it.
+
 Examples
 --------
 >>> from cryonb.backend import get_backend, use_backend
@@ -35,11 +40,11 @@ class Backend:
     Attributes
     ----------
     name : str
-        ``"numpy"`` or ``"cupy"``.
+        ``"numpy"``, ``"cupy"`` or ``"array_api_strict"``.
     xp : module
-        The array namespace (``numpy`` or ``cupy``).
+        The array namespace (``numpy``, ``cupy`` or ``array_api_strict``).
     fft : module
-        Its FFT module (``numpy.fft`` or ``cupy.fft``).
+        Its FFT module (``numpy.fft``, ``cupy.fft``, ``array_api_strict.fft``).
     """
 
     name: str
@@ -50,6 +55,16 @@ class Backend:
     def is_numpy(self) -> bool:
         """True for the host (NumPy) backend, where numba kernels may be used."""
         return self.name == "numpy"
+
+    @property
+    def namespace(self) -> ModuleType:
+        """The array-API-standard namespace of this backend, used by :mod:`cryonb.device`.
+
+        ``array_api_compat``'s wrapper for NumPy and CuPy; the module itself otherwise.
+        """
+        import array_api_compat
+
+        return array_api_compat.array_namespace(self.xp.empty(0))
 
     def asarray(self, array: Any, dtype: Any = None) -> Any:
         """Move ``array`` to this backend's device (no copy if it is already there)."""
@@ -92,7 +107,15 @@ def _make_backend(name: str) -> Backend:
         import cupy
 
         return Backend("cupy", cupy, cupy.fft)
-    raise ValueError(f"unknown backend {name!r}; expected 'numpy' or 'cupy'")
+    if name == "array_api_strict":  # testing only: the device path in a strict namespace
+        try:
+            import array_api_strict
+        except ImportError as err:
+            raise RuntimeError("backend 'array_api_strict' needs the array-api-strict package "
+                               "(`pip install cryonb[test]`)") from err
+        return Backend("array_api_strict", array_api_strict, array_api_strict.fft)
+    raise ValueError(f"unknown backend {name!r}; expected 'numpy', 'cupy' or "
+                     "'array_api_strict'")
 
 
 def get_backend(backend: str | Backend | None = None) -> Backend:
@@ -100,7 +123,7 @@ def get_backend(backend: str | Backend | None = None) -> Backend:
 
     Parameters
     ----------
-    backend : {"numpy", "cupy"}, Backend or None
+    backend : {"numpy", "cupy", "array_api_strict"}, Backend or None
         An explicit choice; ``None`` means the backend of the innermost
         :func:`use_backend` block, or NumPy outside any block.
     """

@@ -6,6 +6,16 @@ A :class:`Dataset` is immutable.  Selection and preprocessing (:meth:`Dataset.su
 and processed only when :meth:`Dataset.images` or :meth:`Dataset.batches` is called, so
 memory stays bounded by the batch.
 
+Out of core: particles may lie in any number of MRC stacks, referenced by the metadata rows in
+any order.  A read groups the requested images by stack and reads each run of consecutive
+images with one positioned file read (headers are parsed once per stack; no file stays open and
+no stack is memory-mapped for pixels, so the process's resident memory does not fill up with
+the pages it has read: the operating system's page cache keeps them instead).  Preprocessing
+(background mean, noise scale, Fourier crop to the working box) is applied per batch, and
+:meth:`Dataset.batches` reads the next batch in a background thread
+(:mod:`cryonb.streaming`).  A run over a 13 GB stack therefore holds a few batches of pixels,
+plus per-particle metadata (CTF, poses: ~0.2 kB per particle).
+
 Conventions (``docs/conventions.md``): images ``(n, N, N)`` float32 ``[n, y, x]``, pixel size
 in Å from the metadata, RELION contrast (``data_sign`` applied on read), CTFs as
 :class:`cryonb.ctf.CTFParams`, poses as rotation matrices, origins in Å (RELION sign),
@@ -20,7 +30,7 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -32,6 +42,7 @@ from .io.errors import input_error
 from .io.metadata import ParticleMetadata
 from .io.mrc import MrcStackWriter, read_mrc
 from .io.star import read_particles_star, write_particles_star
+from .streaming import prefetch_batches
 
 __all__ = ["Batch", "Dataset", "GroundTruth"]
 
@@ -67,9 +78,29 @@ class _ArraySource:
         return f"in-memory image {index}"
 
 
+@dataclass(frozen=True)
+class _StackLayout:
+    """Where one stack's pixels lie: image ``i`` starts at byte ``offset + i * N * N * itemsize``.
+
+    ``memmap`` is set instead for the rare stacks whose axis order needs a transpose.
+    """
+
+    dtype: np.dtype
+    offset: int
+    memmap: NDArray | None = None
+
+
 @dataclass(frozen=True, eq=False)
 class _StackSource:
-    """Particles in MRC stacks: ``stack_paths[stack_of[i]]``, image ``index_in_stack[i]``."""
+    """Particles in MRC stacks: ``stack_paths[stack_of[i]]``, image ``index_in_stack[i]``.
+
+    Pixels are read with positioned file reads (one per run of consecutive images), not through
+    a memory map: pages touched through a map count towards the process's resident memory and
+    stay there while memory is plentiful (reading a 1 GB stack through ``np.memmap`` raised the
+    RSS by 1 GB; these reads by the batch size), whereas file reads leave the caching to the
+    operating system's page cache.  Files are opened per read, so reads are thread-safe and
+    no file handles stay open, whatever the number of stacks.
+    """
 
     stack_paths: tuple[str, ...]
     stack_of: NDArray
@@ -82,31 +113,50 @@ class _StackSource:
     def n_images(self) -> int:
         return int(self.stack_of.shape[0])
 
-    def _stack(self, s: int) -> NDArray:
+    def _layout(self, s: int) -> _StackLayout:
         with self._lock:
             if s not in self._cache:
                 with warnings.catch_warnings():  # header problems were reported on load
                     warnings.simplefilter("ignore", RuntimeWarning)
                     data = read_mrc(self.stack_paths[s], mmap=True).data
-                self._cache[s] = data[None] if data.ndim == 2 else data
+                if isinstance(data, np.memmap) and data.flags.c_contiguous:
+                    layout = _StackLayout(data.dtype, int(data.offset))
+                else:  # a transposed axis order: index the map
+                    layout = _StackLayout(data.dtype, 0, data[None] if data.ndim == 2 else data)
+                self._cache[s] = layout
             return self._cache[s]
 
     def read(self, indices: NDArray) -> NDArray:
         indices = np.asarray(indices, dtype=np.int64)
-        out = np.empty((indices.size, self.box_size, self.box_size), dtype=np.float32)
+        n = self.box_size
+        out = np.empty((indices.size, n, n), dtype=np.float32)
         stacks = self.stack_of[indices]
         for s in np.unique(stacks):
             where = np.flatnonzero(stacks == s)
             positions = self.index_in_stack[indices[where]]
             order = np.argsort(positions, kind="stable")  # read the file forwards
-            out[where[order]] = self._stack(int(s))[positions[order]]
+            where, positions = where[order], positions[order]
+            layout = self._layout(int(s))
+            if layout.memmap is not None:
+                out[where] = layout.memmap[positions]
+                continue
+            # runs of consecutive images are read at once
+            starts = np.flatnonzero(np.diff(positions, prepend=-2) != 1)
+            stops = np.append(starts[1:], positions.size)
+            image_bytes = n * n * layout.dtype.itemsize
+            with open(self.stack_paths[s], "rb", buffering=0) as fh:
+                for a, b in zip(starts.tolist(), stops.tolist(), strict=True):
+                    buffer = np.empty((b - a, n, n), dtype=layout.dtype)
+                    _read_exactly(fh, layout.offset + int(positions[a]) * image_bytes, buffer,
+                                  self.stack_paths[s])
+                    out[where[a:b]] = buffer
         return out
 
     def describe(self, index: int) -> str:
         return (f"{self.stack_paths[self.stack_of[index]]} image "
                 f"{self.index_in_stack[index] + 1} (1-based)")
 
-    def __getstate__(self) -> dict:  # memmaps and locks are not sent to other processes
+    def __getstate__(self) -> dict:  # file layouts and locks are not sent to other processes
         return {"stack_paths": self.stack_paths, "stack_of": self.stack_of,
                 "index_in_stack": self.index_in_stack, "box_size": self.box_size}
 
@@ -115,6 +165,20 @@ class _StackSource:
             object.__setattr__(self, key, value)
         object.__setattr__(self, "_cache", {})
         object.__setattr__(self, "_lock", threading.Lock())
+
+
+def _read_exactly(fh: Any, offset: int, buffer: NDArray, path: str) -> None:
+    """Fill ``buffer`` with the bytes of ``fh`` from ``offset`` (short reads are continued)."""
+    view = memoryview(buffer.reshape(-1)).cast("B")
+    fh.seek(offset)
+    done = 0
+    while done < view.nbytes:
+        got = fh.readinto(view[done:])
+        if not got:
+            raise input_error(path, f"the file ended at byte {offset + done} while reading "
+                              f"{view.nbytes} bytes from byte {offset}; it was truncated "
+                              "after it was opened", "re-copy or regenerate the stack")
+        done += got
 
 
 # --------------------------------------------------------------------------- preprocessing
@@ -448,27 +512,35 @@ class Dataset:
             images = step.apply(images)
         return images
 
+    def batch(self, index: ArrayLike | slice) -> Batch:
+        """One minibatch: the images of ``index`` (read and preprocessed) and their metadata."""
+        idx = _normalise_index(index, len(self))
+        return Batch(
+            indices=idx, images=self.images(idx),
+            ctf=None if self.ctf is None else self.ctf.subset(idx),
+            rotations=None if self.rotations is None else self.rotations[idx],
+            shifts_A=None if self.shifts_A is None else self.shifts_A[idx],
+        )
+
     def batches(self, batch_size: int, rng: np.random.Generator | None = None, *,
-                drop_last: bool = False) -> Iterator[Batch]:
-        """Iterate over minibatches (shuffled when ``rng`` is given, in order otherwise)."""
+                drop_last: bool = False, prefetch: int = 1) -> Iterator[Batch]:
+        """Iterate over minibatches (shuffled when ``rng`` is given, in order otherwise).
+
+        ``prefetch`` batches are read ahead in a background thread while the caller works
+        (:func:`cryonb.streaming.prefetch_batches`; 0: read on demand).  Memory holds at most
+        ``prefetch + 1`` batches of images at a time, whatever the size of the stacks.
+        """
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         order = rng.permutation(len(self)) if rng is not None else np.arange(len(self))
-        for start in range(0, len(self), batch_size):
-            idx = order[start:start + batch_size]
-            if drop_last and idx.size < batch_size:
-                return
-            yield Batch(
-                indices=idx, images=self.images(idx),
-                ctf=None if self.ctf is None else self.ctf.subset(idx),
-                rotations=None if self.rotations is None else self.rotations[idx],
-                shifts_A=None if self.shifts_A is None else self.shifts_A[idx],
-            )
+        stop = len(self) - len(self) % batch_size if drop_last else len(self)
+        index_batches = (order[start:start + batch_size] for start in range(0, stop, batch_size))
+        return prefetch_batches(self, index_batches, depth=prefetch)
 
     def validate(self, batch_size: int = 512) -> None:
         """Read every image once; raise on NaN/inf pixels (stack headers were checked on load)."""
-        for start in range(0, len(self), batch_size):
-            self.images(slice(start, start + batch_size))
+        for _ in self.batches(batch_size):  # in order, the next batch read ahead
+            pass
 
     # ------------------------------------------------------------------ preprocessing
     def _sample_indices(self, n_images: int, rng: np.random.Generator | None) -> NDArray:
@@ -536,8 +608,8 @@ class Dataset:
         star_path.parent.mkdir(parents=True, exist_ok=True)
         stack.parent.mkdir(parents=True, exist_ok=True)
         with MrcStackWriter(stack, len(self), self.box_size, self.pixel_size_A) as writer:
-            for start in range(0, len(self), batch_size):
-                writer.write(start, self.images(slice(start, start + batch_size)))
+            for batch in self.batches(batch_size):  # in order, the next batch read ahead
+                writer.write(int(batch.indices[0]), batch.images)
         return write_particles_star(
             star_path, image_paths=[str(stack)] * len(self), image_indices=np.arange(len(self)),
             pixel_size_A=self.pixel_size_A, box_size=self.box_size, ctf=self.ctf,

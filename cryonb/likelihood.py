@@ -35,16 +35,27 @@ with ``X_r`` the half-plane slice at rotation ``r``, ``Z_bs = m c_b exp(2 pi i k
 interleaved reals, the cross term of a block of rotations with all images and shifts is **one
 real GEMM** ``(n_rot x 2M) @ (2M x B*Ns)`` -- half the flops of the complex GEMM, because only
 the real part is needed -- and the norm term is a thin GEMM ``(n_rot x 2M) @ (2M x B)``.  Slices
-are computed once per block of rotations and shared by every image and shift; the CTF is never
-rotated (the volume is).  The gradient has the same structure: per rotation,
-``G_r = sum_{b,s} pi_{r,b,s} conj(Z_bs) - X_r * sum_b pi_{r,b} 2 H_b`` (one GEMM of the posterior
-with the same ``Z``), then one back-projection of all ``G_r`` and the adjoint of
-``projector.volume_to_fourier``.  When the per-block score arrays fit in ``cache_bytes`` they are
-kept for the gradient; otherwise the gradient pass recomputes slices and scores (3 GEMMs instead
-of 2).  Importance-sampled images each have their own small subset; their slices are taken
-once per batch (one call for the union of their rotations) and their scores and gradient rows
-are computed by two numba kernels over all of them at once (single-threaded small GEMMs per
-image, threads across images), which avoids thousands of tiny multi-threaded BLAS calls.
+are computed once per block of rotations and shared by every image and shift (and by every
+image group with the same pose subset); the CTF is never rotated (the volume is).  The sweeps
+over a block of scores (completing them with the norm and prior terms and taking maxima, the
+exponential sums of the online log-sum-exp, the posterior) are parallel numba kernels
+(:mod:`cryonb._kernels`).  The gradient has the same structure: per rotation,
+``G_r = sum_{b,s} pi_{r,b,s} conj(Z_bs) - X_r * sum_b pi_{r,b} 2 H_b`` (a product of the
+posterior with the same ``Z``), then one back-projection of all ``G_r`` and the adjoint of
+``projector.volume_to_fourier``.  Terms whose posterior underflows to 0 in the working precision
+contribute exact zeros and are skipped: the value pass keeps the scores that can still have a
+nonzero posterior (those above the partial log-likelihood so far plus the underflow threshold)
+and the slices of their rotations, while they fit in ``sparse_bytes``; the gradient pass then
+needs no second score GEMM, and multiplies the posterior by ``Z`` with a sparse kernel (or one
+GEMM where it is dense), over the rotations where it is nonzero.  When all scores fit in
+``cache_bytes`` they are kept instead; when neither fits, the gradient pass recomputes slices
+and scores of the rotations where some posterior can be nonzero (3 GEMMs instead of 2 there).
+Slicing and back-projection work on the centred sub-cube of the padded Fourier grid that the
+band limit reaches.  Importance-sampled images each have their own small subset; their slices
+are taken once per batch (one call for the union of their rotations) and their scores and
+gradient rows are computed by two numba kernels over all of them at once (single-threaded small
+GEMMs per image, threads across images), which avoids thousands of tiny multi-threaded BLAS
+calls.
 float32/complex64 by default (the precision of ``volume_ft``), float64 for tests.
 :func:`reference_log_joint` is the direct NumPy evaluation kept for tests.
 """
@@ -270,6 +281,10 @@ class LikelihoodResult:
     quadrature : the :class:`Quadrature` the indices refer to
     gradient : (N, N, N) real or None: ``d/dV sum_b log p(I_b | theta_b, V)`` w.r.t. the
         real-space volume (the *positive* log-likelihood; see :func:`negative_log_posterior`)
+    n_gradient : (B,) int64 or None: number of (rotation, shift) terms per image whose
+        posterior entered the gradient; rotations where the posterior of every image of a
+        group underflows to 0 in the working precision are skipped (their terms are exact
+        zeros), so this is at most ``n_evaluated``.  None without gradient.
     """
 
     log_likelihood: NDArray
@@ -282,6 +297,7 @@ class LikelihoodResult:
     n_evaluated: NDArray
     quadrature: Quadrature
     gradient: Any = None
+    n_gradient: NDArray | None = None
 
     @property
     def posterior_directions(self) -> NDArray:
@@ -372,17 +388,20 @@ class _Accumulator:
     map_i: NDArray
     map_s: NDArray
     n_eval: NDArray
+    n_grad: NDArray
 
 
 class _BackprojectBuffer:
-    """Collects gradient rows and back-projects them in large blocks into one volume."""
+    """Collects gradient rows and back-projects them in large blocks into one volume (the
+    centred ``size``-cube of the padded grid that the slices touch, with the numba kernel)."""
 
-    def __init__(self, model: ImageModel, coords: Any, cdt: Any, max_rows: int) -> None:
+    def __init__(self, model: ImageModel, coords: Any, cdt: Any, max_rows: int, size: int
+                 ) -> None:
         proj = model.projector
         bk = get_backend(proj.backend)
         self.proj, self.coords, self.xp = proj, coords, bk.xp
         self.numba = bk.is_numpy and proj.use_numba is not False
-        p = proj.padded_size
+        p = size if self.numba else proj.padded_size
         self.volume = bk.xp.zeros((p, p, p), dtype=cdt)
         self.max_rows = max(1, max_rows)
         self.rots: list[NDArray] = []
@@ -430,7 +449,10 @@ class _SliceTable:
 
     def rows(self, directions: NDArray, inplane: NDArray) -> Any:
         """Slices of the tensor product (direction-major), (len(d) * len(i), Mh)."""
-        flat = (directions[:, None] * self.n_inplane + inplane[None, :]).ravel()
+        return self.rows_flat((directions[:, None] * self.n_inplane + inplane[None, :]).ravel())
+
+    def rows_flat(self, flat: NDArray) -> Any:
+        """Slices of the flat pose indices ``d * Ni + i``, (len(flat), Mh)."""
         return self.x[self.xp.asarray(np.searchsorted(self.flat, flat))]
 
 
@@ -455,7 +477,13 @@ class MarginalLikelihood:
         importance-sampled image) are evaluated together by one numba kernel over a shared
         table of slices, instead of one small multi-threaded BLAS call each.
     use_numba : bool or None
-        Use the numba kernels for small groups (NumPy backend only); ``None`` = yes.
+        Use the numba kernels for small groups and for the sweeps over score blocks (NumPy
+        backend only; else vectorised NumPy/CuPy); ``None`` = yes.
+    sparse_bytes : int
+        When the scores do not fit in ``cache_bytes``, those whose posterior can be nonzero in
+        the working precision (and the slices of their rotations) are kept if they fit, and the
+        gradient pass needs no second score GEMM; else it recomputes the scores of the
+        rotations where some posterior is nonzero.
 
     Examples
     --------
@@ -471,6 +499,7 @@ class MarginalLikelihood:
     cache_bytes: int = 512 * 2**20
     small_group_size: int = 2**18
     use_numba: bool | None = None
+    sparse_bytes: int = 256 * 2**20
 
     @property
     def _backend(self) -> Backend:
@@ -495,6 +524,25 @@ class MarginalLikelihood:
     @cached_property
     def _half_freqs(self) -> Any:
         return self._half_coords / (self.model.box_size * self.model.pixel_size_A)
+
+    @cached_property
+    def _support_size(self) -> int:
+        """Side of the centred sub-cube of the padded Fourier grid touched by the slices."""
+        k = self._backend.to_host(self._half_coords)
+        return self.model.projector.support_size(float(np.sqrt((k * k).sum(axis=1)).max()))
+
+    @cached_property
+    def _conj_phases(self) -> dict[Any, Any]:
+        """``conj(shift_phases)`` of all quadrature shifts (nS, Mh) per complex dtype (lazy)."""
+        return {}
+
+    def _shift_phases_conj(self, shifts: NDArray, cdt: Any) -> Any:
+        key = np.dtype(cdt)
+        if key not in self._conj_phases:
+            xp = self._backend.xp
+            ph = shift_phases(self._half_freqs, xp.asarray(self.quadrature.shifts_A))
+            self._conj_phases[key] = ph.conj().astype(cdt)
+        return self._conj_phases[key][self._backend.xp.asarray(shifts)]
 
     # ------------------------------------------------------------------ data
     def prepare(self, images: Any, ctf: CTFParams | None = None,
@@ -595,65 +643,76 @@ class MarginalLikelihood:
             log_d=np.full((b, q.n_directions), -np.inf), log_i=np.full((b, q.n_inplane), -np.inf),
             log_s=np.full((b, q.n_shifts), -np.inf), log_l=np.zeros(b),
             map_d=np.zeros(b, np.int64), map_i=np.zeros(b, np.int64),
-            map_s=np.zeros(b, np.int64), n_eval=np.zeros(b, np.int64))
+            map_s=np.zeros(b, np.int64), n_eval=np.zeros(b, np.int64),
+            n_grad=np.zeros(b, np.int64))
         mh = len(self.half_plane[0])
+        proj = self.model.projector
+        # slices and back-projection only touch the centred sub-cube of the band limit
+        vol_s = proj.crop_support(volume_ft, self._support_size)
         buffer = None
         if gradient:
             row_bytes = 2 * mh * np.dtype(rdt).itemsize
             buffer = _BackprojectBuffer(self.model, self._half_coords, cdt,
-                                        self.block_bytes // row_bytes)
-        groups = self._groups(b, subsets, mh, rdt)
+                                        self.block_bytes // row_bytes, self._support_size)
+        clusters = self._groups(b, subsets, mh, rdt)
         q_ni = q.n_inplane
         slice_bytes = mh * np.dtype(cdt).itemsize
-        pending: list[_Group] = []
+        pending: list[list[_Group]] = []
         pending_rot: set[int] = set()
 
         use_kernels = self._backend.is_numpy and self.use_numba is not False
         pending_bytes = [0]
 
+        def is_small(g: _Group) -> bool:
+            return use_kernels and g.n_scores <= self.small_group_size
+
         def run_pending() -> None:
             # one slice call for the union of the rotations of several small groups
             if not pending:
                 return
-            table = _SliceTable(self, volume_ft, np.fromiter(pending_rot, np.int64), q_ni)
-            small = [g for g in pending if use_kernels and g.n_scores <= self.small_group_size]
+            table = _SliceTable(self, vol_s, np.fromiter(pending_rot, np.int64), q_ni)
+            small = [g for cl in pending for g in cl if is_small(g)]
             if small:
                 self._evaluate_small_groups(prep, small, table, acc, buffer)
-            for grp in pending:
-                if not (use_kernels and grp.n_scores <= self.small_group_size):
-                    self._evaluate_group(volume_ft, prep, grp, acc, buffer, table)
+            for cl in pending:
+                large = [g for g in cl if not is_small(g)]
+                if large:
+                    self._evaluate_dense(vol_s, prep, large, acc, buffer, table)
             pending.clear()
             pending_rot.clear()
             pending_bytes[0] = 0
 
         budget = self.cache_bytes // 4
-        for group in groups:
-            n_rot = len(group.directions) * len(group.inplane)
+        for cluster in clusters:
+            g0 = cluster[0]
+            n_rot = len(g0.directions) * len(g0.inplane)
             if n_rot * slice_bytes > budget:   # large: slice block by block
-                self._evaluate_group(volume_ft, prep, group, acc, buffer, None)
+                self._evaluate_dense(vol_s, prep, cluster, acc, buffer, None)
                 continue
-            flat = (group.directions[:, None] * q_ni + group.inplane[None, :]).ravel()
-            z_bytes = len(group.images) * len(group.shifts) * slice_bytes
+            flat = (g0.directions[:, None] * q_ni + g0.inplane[None, :]).ravel()
+            z_bytes = sum(len(g.images) for g in cluster) * len(g0.shifts) * slice_bytes
             if ((len(pending_rot) + n_rot) * slice_bytes > budget
                     or pending_bytes[0] + z_bytes > budget):
                 run_pending()
-            pending.append(group)
+            pending.append(cluster)
             pending_rot.update(flat.tolist())
             pending_bytes[0] += z_bytes
         run_pending()
         grad = None
         if buffer is not None:
             buffer.flush()
-            grad = self.model.projector.fourier_to_volume_adjoint(buffer.volume)
+            grad = proj.fourier_to_volume_adjoint(buffer.volume)
         return LikelihoodResult(
             log_likelihood=acc.log_l + prep.log_norm,
             log_marginal_directions=acc.log_d, log_marginal_inplane=acc.log_i,
             log_marginal_shifts=acc.log_s, map_direction=acc.map_d, map_inplane=acc.map_i,
-            map_shift=acc.map_s, n_evaluated=acc.n_eval, quadrature=q, gradient=grad)
+            map_shift=acc.map_s, n_evaluated=acc.n_eval, quadrature=q, gradient=grad,
+            n_gradient=acc.n_grad if gradient else None)
 
     def _groups(self, b: int, subsets: list[PoseSubset] | None, mh: int, rdt: Any
-                ) -> list[_Group]:
-        """Group images by identical subsets; split groups so that Z fits in a block."""
+                ) -> list[list[_Group]]:
+        """Group images by identical subsets, split so that each group's Z fits in a block;
+        one list of groups per distinct subset."""
         q = self.quadrature
         if subsets is None:
             subsets_by_key = {b"full": (PoseSubset.full(q), list(range(b)))}
@@ -671,16 +730,18 @@ class MarginalLikelihood:
                     subsets_by_key[key][1].append(j)
                 else:
                     subsets_by_key[key] = (s, [j])
-        groups = []
+        clusters = []
         itemsize = np.dtype(rdt).itemsize
         for s, members in subsets_by_key.values():
             per_image = max(1, len(s.shifts) * 2 * mh * itemsize)
             size = max(1, self.block_bytes // per_image)
+            groups = []
             for start in range(0, len(members), size):
                 groups.append(_Group(np.asarray(members[start:start + size]), s.directions,
                                      s.inplane, s.shifts, s.log_is_directions,
                                      s.log_is_inplane, s.log_is_shifts))
-        return groups
+            clusters.append(groups)
+        return clusters
 
     def _group_data(self, prep: PreparedImages, g: _Group, cdt: Any) -> tuple[Any, Any]:
         """``zv`` (G*nS, 2Mh): conj(Z) as interleaved reals; ``h2`` (G, Mh) = kappa m c^2."""
@@ -698,10 +759,9 @@ class MarginalLikelihood:
             h2 = base * c
         else:
             h2 = base
-        shifts = xp.asarray(self.quadrature.shifts_A[g.shifts])
-        phases = shift_phases(self._half_freqs, shifts)                         # (nS, Mh)
+        phases_c = self._shift_phases_conj(g.shifts, cdt)                      # (nS, Mh)
         dy = (base * prep.data[idx].astype(np.complex128)).astype(cdt)         # (G, Mh)
-        zc = dy[:, None, :] * phases.conj().astype(cdt)[None]                  # (G, nS, Mh)
+        zc = dy[:, None, :] * phases_c[None]                                   # (G, nS, Mh)
         zv = zc.view(rdt).reshape(len(g.images) * len(g.shifts), 2 * mh)
         return zv, h2.astype(rdt)
 
@@ -788,134 +848,559 @@ class MarginalLikelihood:
             acc.log_s[im, g.shifts] = log_s[j]
         acc.log_l[g.images] = log_l
         acc.n_eval[g.images] = n_d * n_i * n_s
+        acc.n_grad[g.images] = n_d * n_i * n_s
         return log_l
 
-    def _evaluate_group(self, volume_ft: Any, prep: PreparedImages, g: _Group,
+    def _dense_plan(self, group_sizes: list[int], n_d: int, n_i: int, n_s: int, itemsize: int,
+                    gradient: bool) -> tuple[int, bool]:
+        """Directions per block and whether the scores are kept for the gradient pass.
+
+        One block holds the scores of one image group (the largest) and the slices of
+        ``k_d * n_i`` rotations within ``block_bytes``; the scores of all groups and blocks are
+        kept when they fit in ``cache_bytes``.
+        """
+        mh = len(self.half_plane[0])
+        row_bytes = itemsize * (max(group_sizes) * n_s + 4 * mh)
+        k_d = int(max(1, min(n_d, self.block_bytes // max(1, row_bytes * n_i))))
+        total_cache = n_d * n_i * itemsize * (sum(group_sizes) * n_s + 2 * mh)
+        return k_d, bool(gradient and total_cache <= self.cache_bytes)
+
+    def _evaluate_dense(self, volume_ft: Any, prep: PreparedImages, groups: list[_Group],
                         acc: _Accumulator, buffer: _BackprojectBuffer | None,
                         table: _SliceTable | None) -> None:
-        bk = self._backend
-        xp = bk.xp
-        cdt = volume_ft.dtype
-        rdt = _real_dtype(cdt)
-        q = self.quadrature
-        img = g.images
-        n_img, n_d, n_i, n_s = len(img), len(g.directions), len(g.inplane), len(g.shifts)
+        """Image groups that share one pose subset, by GEMMs over blocks of rotations
+        (in chunks of groups whose ``Z`` matrices together fit in ``4 * block_bytes``)."""
         mh = len(self.half_plane[0])
-        if n_d == 0 or n_i == 0 or n_s == 0:
+        itemsize = np.dtype(_real_dtype(volume_ft.dtype)).itemsize
+        chunk: list[_Group] = []
+        size = 0
+        for g in groups:
+            z = len(g.images) * len(g.shifts) * 2 * mh * itemsize
+            if chunk and size + z > 4 * self.block_bytes:
+                _DensePass(self, volume_ft, prep, chunk, acc, buffer, table).run()
+                chunk, size = [], 0
+            chunk.append(g)
+            size += z
+        _DensePass(self, volume_ft, prep, chunk, acc, buffer, table).run()
+
+
+class _DensePass:
+    """Evaluation of image groups that share one pose subset, by GEMMs over blocks of rotations.
+
+    Value pass, per block of whole directions: one slice call shared by all groups; per group
+    the cross-term GEMM, the thin norm GEMM and two sweeps over the scores (complete them and
+    take row maxima; exponential sums).  The terms whose posterior can still be nonzero in the
+    working precision (score above the partial log-likelihood so far + ``lo`` - margin) are kept
+    in a sparse store while it fits in ``sparse_bytes``.  Gradient pass, one of:
+
+    * ``cache``: all scores were kept (small problems): posterior, one GEMM with ``Z`` per
+      group, for the blocks with a nonzero posterior;
+    * ``sparse``: the posterior from the store, over the rotations where it is nonzero, times
+      ``Z`` (a sparse kernel when it is sparse, else scattered into a dense block and one GEMM);
+    * ``recompute``: slices and scores again (a second cross-term GEMM) over the rotations
+      where some image's posterior can be nonzero.
+
+    Terms whose posterior underflows to 0 contribute exact zeros, so the three give the same
+    gradient.  The gradient rows of a block are summed over the groups and back-projected once.
+    """
+
+    def __init__(self, lik: MarginalLikelihood, volume_ft: Any, prep: PreparedImages,
+                 groups: list[_Group], acc: _Accumulator, buffer: _BackprojectBuffer | None,
+                 table: _SliceTable | None) -> None:
+        self.lik, self.vol, self.groups, self.acc = lik, volume_ft, groups, acc
+        self.buffer, self.table = buffer, table
+        self.bk = bk = lik._backend
+        xp = bk.xp
+        self.cdt = volume_ft.dtype
+        self.rdt = rdt = _real_dtype(self.cdt)
+        q = self.q = lik.quadrature
+        g0 = self.g0 = groups[0]
+        self.n_d, self.n_i, self.n_s = len(g0.directions), len(g0.inplane), len(g0.shifts)
+        if self.n_d == 0 or self.n_i == 0 or self.n_s == 0:
             raise ValueError("a pose subset is empty")
-
-        # ---- per-group data: Z (interleaved real view of conj(Z)) and H
-        zv, h2 = self._group_data(prep, g, cdt)
-        hrep = xp.repeat(0.5 * h2, 2, axis=1)                                   # (G, 2Mh)
-
-        # ---- log weights (host -> device), MAP weights exclude the importance weights
+        self.kernels = bk.is_numpy and lik.use_numba is not False
+        self.lo = _EXP_LO[np.dtype(rdt).char]
+        # Z and H of all groups in one array (group j: rows col_off[j]:col_off[j+1])
+        sizes = [len(g.images) for g in groups]
+        self.img_off = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        self.col_off = self.img_off * self.n_s
+        union = _Group(np.concatenate([g.images for g in groups]), g0.directions, g0.inplane,
+                       g0.shifts, g0.lis_d, g0.lis_i, g0.lis_s)
+        self.zv, self.h2 = lik._group_data(prep, union, self.cdt)   # (sum G nS, 2Mh), (sum G, Mh)
+        self.hrep = xp.repeat(0.5 * self.h2, 2, axis=1)               # (sum G, 2Mh)
         lwd_q, lwi_q, lws_q = q.log_weights()
-        lwd = lwd_q[g.directions] + g.lis_d
-        lwi = lwi_q[g.inplane] + g.lis_i
-        lws = xp.asarray((lws_q[g.shifts] + g.lis_s).astype(rdt))
-        if g.has_is:
-            lis_s_dev = xp.asarray(g.lis_s.astype(rdt))
+        self.lwd = lwd_q[g0.directions] + g0.lis_d
+        self.lwi = lwi_q[g0.inplane] + g0.lis_i
+        self.lws = xp.asarray((lws_q[g0.shifts] + g0.lis_s).astype(rdt))
+        self.lis_s = xp.asarray(g0.lis_s.astype(rdt))
+        self.k_d, self.keep = lik._dense_plan(sizes, self.n_d, self.n_i, self.n_s,
+                                              np.dtype(rdt).itemsize, buffer is not None)
+        self.fbuf = (None if self.keep
+                     else xp.empty(self.k_d * self.n_i * max(sizes) * self.n_s, dtype=rdt))
+        self.states = [_DenseState.empty(n, self.n_d, self.n_i, self.n_s) for n in sizes]
 
-        # ---- block sizes
-        itemsize = np.dtype(rdt).itemsize
-        row_bytes = itemsize * (n_img * n_s + 4 * mh)
-        k_d = int(max(1, min(n_d, self.block_bytes // max(1, row_bytes * n_i))))
-        chunks = [(d0, min(n_d, d0 + k_d)) for d0 in range(0, n_d, k_d)]
-        total_cache = n_d * n_i * (n_img * n_s * itemsize + 2 * mh * itemsize)
-        keep = buffer is not None and total_cache <= self.cache_bytes
-        cached: list[tuple[NDArray, Any, Any]] = []
+    # ------------------------------------------------------------------ pieces
+    def _zv(self, j: int) -> Any:
+        return self.zv[self.col_off[j]:self.col_off[j + 1]]
 
-        work = xp.empty((k_d * n_i, n_img, n_s), dtype=rdt)                    # exp buffer
-        fbuf = None if keep else xp.empty((k_d * n_i, n_img * n_s), dtype=rdt)  # score buffer
-        run_max = np.full(n_img, -np.inf)
-        sum_i = np.zeros((n_img, n_i))
-        sum_s = np.zeros((n_img, n_s))
-        best = np.full(n_img, -np.inf)
-        log_d_group = np.full((n_img, n_d), -np.inf)
+    def rotations(self, rows: NDArray) -> NDArray:
+        """(len(rows), 3, 3) rotations of the subset's flat rows ``d * nI + i``."""
+        d, i = np.divmod(rows, self.n_i)
+        q, g0 = self.q, self.g0
+        return q.direction_matrices[g0.directions[d]] @ q.inplane_matrices[g0.inplane[i]]
 
-        def scores(d0: int, d1: int) -> tuple[NDArray, Any, Any]:
-            rots = q.rotations_for(g.directions[d0:d1], g.inplane)
-            if table is None:
-                x = self.model.projector.slice(volume_ft, rots, self._half_coords)  # (n_c, Mh)
+    def slices(self, rows: NDArray, rots: NDArray) -> Any:
+        """(len(rows), Mh) half-plane slices."""
+        if self.table is None:
+            return self.lik.model.projector.slice(self.vol, rots, self.lik._half_coords)
+        d, i = np.divmod(rows, self.n_i)
+        return self.table.rows_flat(self.g0.directions[d] * self.q.n_inplane
+                                    + self.g0.inplane[i])
+
+    def scores(self, j: int, rows: NDArray, x: Any) -> tuple[Any, tuple[NDArray, ...]]:
+        """Completed scores (n_c, G * nS) of group ``j`` at ``rows`` and their row maxima."""
+        xp, rdt = self.bk.xp, self.rdt
+        zv = self._zv(j)
+        xv = x.view(rdt)
+        n_c = xv.shape[0]
+        if self.fbuf is None:
+            full = xv @ zv.T                                                     # (n_c, G*nS)
+        else:
+            full = xp.matmul(xv, zv.T, out=self.fbuf[: n_c * zv.shape[0]].reshape(n_c, -1))
+        hrep = self.hrep[self.img_off[j]:self.img_off[j + 1]]
+        norm = (xv * xv) @ hrep.T                                                # (n_c, G)
+        d, i = np.divmod(rows, self.n_i)
+        g0 = self.g0
+        lwr = (self.lwd[d] + self.lwi[i]).astype(rdt)
+        lis_r = (g0.lis_d[d] + g0.lis_i[i]).astype(rdt)
+        return full, _complete_scores(self.bk, full, self.n_s, lwr, norm, self.lws, lis_r,
+                                      self.lis_s, self.kernels)
+
+    # ------------------------------------------------------------------ passes
+    def run(self) -> None:
+        n_rows = self.n_d * self.n_i
+        gradient = self.buffer is not None
+        bound = np.full(n_rows, -np.inf)  # max over images of (row max - partial log l)
+        store = (_SparseStore(self.bk, self.lik.sparse_bytes, self.n_s, len(self.groups),
+                              self.kernels) if gradient and not self.keep else None)
+        cached: list[tuple[NDArray, NDArray, Any, list[Any]]] = []
+        for d0 in range(0, self.n_d, self.k_d):
+            d1 = min(self.n_d, d0 + self.k_d)
+            rows = np.arange(d0 * self.n_i, d1 * self.n_i)
+            rots = self.rotations(rows)
+            x = self.slices(rows, rots)
+            fulls = []
+            has = np.zeros(len(rows), dtype=bool)  # rows with a term in the sparse store
+            if store is not None:
+                store.begin_block(int(rows[0]), len(rows))
+            for j, g in enumerate(self.groups):
+                full, stats = self.scores(j, rows, x)
+                partial = self.states[j].add_block(self.bk, full, stats, self.n_s, d0, d1,
+                                                   self.lo, self.kernels, g, self.acc)
+                if not gradient:
+                    continue
+                blk = slice(d0 * self.n_i, d1 * self.n_i)
+                bound[blk] = np.maximum(bound[blk], (stats[0] - partial[None, :]).max(axis=1))
+                if self.keep:
+                    fulls.append(full)
+                elif store is not None:
+                    has |= store.add(j, full, partial + (self.lo - _SKIP_MARGIN))
+            if self.keep:
+                cached.append((rows, rots, x, fulls))
+            elif store is not None:
+                store.end_block(has, x)
+                if store.full:
+                    store = store.pruned([st.partial + (self.lo - _SKIP_MARGIN)
+                                          for st in self.states])
+        log_ls = [st.finish(g, self.acc) for st, g in zip(self.states, self.groups, strict=True)]
+        if not gradient:
+            return
+        ll = np.concatenate(log_ls)
+        if self.keep:
+            self._gradient_cached(cached, ll, bound)
+        elif store is not None:
+            self._gradient_sparse(store, ll)
+        else:
+            self._gradient_recompute(ll, bound)
+
+    def _images(self) -> NDArray:
+        return np.concatenate([g.images for g in self.groups])
+
+    def _add_rows(self, rots: NDArray, x: Any, g_real: Any, pr: Any) -> None:
+        """Gradient rows ``g_real - (pr @ H) * x`` to the back-projection buffer."""
+        if self.kernels:
+            from ._kernels import subtract_h_term
+
+            subtract_h_term(np.ascontiguousarray(pr), self.h2, x.view(self.rdt), g_real)
+            self.buffer.add(rots, g_real.view(self.cdt))
+            return
+        grad = g_real.view(self.cdt)
+        grad -= (pr @ self.h2) * x
+        self.buffer.add(rots, grad)
+
+    def _dense_rows(self, rots: NDArray, x: Any, full_of: Any, ll: Any) -> None:
+        """Gradient rows of a block from the scores of each group (``full_of(j)``)."""
+        xp = self.bk.xp
+        g_real = None
+        prs = []
+        for j in range(len(self.groups)):
+            p = full_of(j)
+            prs.append(_posterior(self.bk, p, self.n_s, ll[self.img_off[j]:self.img_off[j + 1]],
+                                  self.lo, self.kernels))                        # (n_c, G)
+            part = p @ self._zv(j)                                               # (n_c, 2Mh)
+            if g_real is None:
+                g_real = part
             else:
-                x = table.rows(g.directions[d0:d1], g.inplane)
-            xv = x.view(rdt)
-            if fbuf is None:
-                full = xv @ zv.T                                                 # (n_c, G*nS)
-            else:
-                full = xp.matmul(xv, zv.T, out=fbuf[: xv.shape[0]])
-            norm = (xv * xv) @ hrep.T                                            # (n_c, G)
-            lwr = (lwd[d0:d1, None] + lwi[None, :]).astype(rdt).reshape(-1)      # (n_c,)
-            full = full.reshape(-1, n_img, n_s)
-            full += (xp.asarray(lwr)[:, None] - norm)[:, :, None]
-            full += lws[None, None, :]
-            return rots, x, full
+                g_real += part
+        self._add_rows(rots, x, g_real, prs[0] if len(prs) == 1 else xp.concatenate(prs, 1))
 
-        for d0, d1 in chunks:
-            rots, x, full = scores(d0, d1)
-            kd = d1 - d0
-            cm = bk.to_host(full.max(axis=(0, 2))).astype(np.float64)          # (G,)
-            cm_safe = np.where(np.isfinite(cm), cm, 0.0)
-            e = work[: full.shape[0]]
-            xp.subtract(full, xp.asarray(cm_safe.astype(rdt))[None, :, None], out=e)
-            xp.exp(e, out=e)
-            er = e.sum(axis=2).reshape(kd, n_i, n_img)                           # (kd, nI, G)
-            with np.errstate(divide="ignore"):
-                log_d_group[:, d0:d1] = (np.log(bk.to_host(er.sum(axis=1)).astype(np.float64))
-                                         + cm_safe[None, :]).T
-            s_i = bk.to_host(er.sum(axis=0)).astype(np.float64).T                # (G, nI)
-            s_s = bk.to_host(e.sum(axis=0)).astype(np.float64)                   # (G, nS)
-            # running sums over in-plane angles and shifts, relative to run_max (online lse)
-            new_max = np.maximum(run_max, cm)
-            ref = np.where(np.isfinite(new_max), new_max, 0.0)
-            a = np.where(np.isfinite(run_max), np.exp(run_max - ref), 0.0)
-            bfac = np.where(np.isfinite(cm), np.exp(cm_safe - ref), 0.0)
-            sum_i = sum_i * a[:, None] + s_i * bfac[:, None]
-            sum_s = sum_s * a[:, None] + s_s * bfac[:, None]
-            run_max = new_max
-            # MAP over quadrature weight x likelihood
-            if g.has_is:
-                lis_r = xp.asarray((g.lis_d[d0:d1, None] + g.lis_i[None, :]).astype(rdt))
-                fq = full - lis_r.reshape(-1)[:, None, None] - lis_s_dev[None, None, :]
-                fmax = bk.to_host(fq.max(axis=(0, 2))).astype(np.float64)
-            else:
-                fq, fmax = full, cm
-            for j in np.flatnonzero(fmax > best):
-                flat = int(bk.to_host(xp.argmax(fq[:, j, :])))
-                r, s = divmod(flat, n_s)
-                dd, ii = divmod(r, n_i)
-                acc.map_d[img[j]] = g.directions[d0 + dd]
-                acc.map_i[img[j]] = g.inplane[ii]
-                acc.map_s[img[j]] = g.shifts[s]
-                best[j] = fmax[j]
-            if keep:
-                cached.append((rots, x, full))
+    def _gradient_cached(self, cached: list, ll: NDArray, bound: NDArray) -> None:
+        ll_dev = self.bk.xp.asarray(ll.astype(self.rdt))
+        live = bound >= self.lo - _SKIP_MARGIN
+        n_live = 0
+        for rows, rots, x, fulls in cached:
+            if live[rows].any():
+                n_live += len(rows)
+                self._dense_rows(rots, x, fulls.__getitem__, ll_dev)
+        self.acc.n_grad[self._images()] = n_live * self.n_s
 
-        log_l = _logsumexp(log_d_group, axis=1)                                  # (G,)
+    def _gradient_recompute(self, ll: NDArray, bound: NDArray) -> None:
+        ll_dev = self.bk.xp.asarray(ll.astype(self.rdt))
+        kept = np.flatnonzero(bound >= self.lo - _SKIP_MARGIN)
+        step = self.k_d * self.n_i
+        for k0 in range(0, len(kept), step):
+            rows = kept[k0:k0 + step]
+            rots = self.rotations(rows)
+            x = self.slices(rows, rots)
+            self._dense_rows(rots, x, lambda j, r=rows, x=x: self.scores(j, r, x)[0], ll_dev)
+        self.acc.n_grad[self._images()] = len(kept) * self.n_s
+
+    def _gradient_sparse(self, store: _SparseStore, ll: NDArray) -> None:
+        bk, xp, rdt = self.bk, self.bk.xp, self.rdt
+        n_img = len(ll)
+        n_cols = n_img * self.n_s
+        lls = [ll[self.img_off[j]:self.img_off[j + 1]].astype(rdt)
+               for j in range(len(self.groups))]
+        counts = np.zeros(n_img, dtype=np.int64)
+        for blk in store.blocks:
+            live = np.zeros(blk.n_rows, dtype=bool)
+            posts = []
+            nnz = 0
+            for j, csr in enumerate(blk.groups):
+                if csr is None:
+                    posts.append(None)
+                    continue
+                p, row_nnz = _csr_posterior(bk, csr, self.n_s, lls[j], self.lo, self.kernels)
+                posts.append(p)
+                live |= row_nnz > 0
+                nnz += int(row_nnz.sum())
+            rows = np.flatnonzero(live)
+            if len(rows) == 0:
+                continue
+            n_c = len(rows)
+            rots = self.rotations(blk.row0 + rows)
+            x = blk.slices(rows, xp)
+            if self.kernels and nnz * _SPARSE_DENSITY < n_c * n_cols:
+                from ._kernels import csr_rows_accumulate
+
+                g_real = np.zeros((n_c, self.zv.shape[1]), dtype=rdt)
+                pr = np.zeros((n_c, n_img), dtype=rdt)
+                for j, csr in enumerate(blk.groups):
+                    if csr is None:
+                        continue
+                    i0, i1 = self.img_off[j], self.img_off[j + 1]
+                    csr_rows_accumulate(rows, csr[0], csr[1], posts[j], self.n_s, self._zv(j),
+                                        g_real, pr[:, i0:i1])
+                    counts[i0:i1] += np.bincount(csr[1][posts[j] > 0] // self.n_s,
+                                                 minlength=i1 - i0)
+                self._add_rows(rots, x, g_real, pr)
+                continue
+            dense = xp.zeros((n_c, n_cols), dtype=rdt)
+            for j, csr in enumerate(blk.groups):
+                if csr is not None:
+                    _csr_to_dense(bk, rows, csr, posts[j],
+                                  dense[:, self.col_off[j]:self.col_off[j + 1]], self.kernels)
+            g_real = dense @ self.zv                                             # (n_c, 2Mh)
+            counts += n_c * self.n_s
+            self._add_rows(rots, x, g_real, dense.reshape(n_c, n_img, self.n_s).sum(axis=2))
+        self.acc.n_grad[self._images()] = counts
+
+
+@dataclass
+class _StoredBlock:
+    """The kept terms of one block of rows: per group a CSR ``(ptr, cols, vals)`` over the
+    block's rows (or None), and the slices of the rows that have terms."""
+
+    row0: int
+    n_rows: int
+    groups: list[Any]
+    slice_rows: NDArray | None = None   # local rows, increasing
+    x: Any = None
+
+    def slices(self, rows: NDArray, xp: Any) -> Any:
+        """Kept slices of the local ``rows`` (each must have terms)."""
+        return self.x[xp.asarray(np.searchsorted(self.slice_rows, rows))]
+
+    @property
+    def nbytes(self) -> int:
+        n = sum(8 * (len(c[0]) + len(c[1])) + c[2].nbytes for c in self.groups if c is not None)
+        return n + (0 if self.x is None else self.x.nbytes + 8 * len(self.slice_rows))
+
+
+class _SparseStore:
+    """Scores above per-image thresholds and the slices of their rotations, block by block,
+    within a memory budget (CSR per block and image group).
+
+    When the budget is exceeded the store is pruned with the current (higher) thresholds, and
+    given up (``pruned`` returns None) when that does not free half of it.
+    """
+
+    def __init__(self, bk: Backend, budget_bytes: int, n_s: int, n_groups: int,
+                 kernels: bool) -> None:
+        self.bk, self.n_s, self.n_groups, self.kernels = bk, n_s, n_groups, kernels
+        self.budget = max(0, budget_bytes)
+        self.blocks: list[_StoredBlock] = []
+        self.bytes = 0
+
+    @property
+    def full(self) -> bool:
+        return self.bytes > self.budget
+
+    def begin_block(self, row0: int, n_rows: int) -> None:
+        self.blocks.append(_StoredBlock(row0, n_rows, [None] * self.n_groups))
+
+    def add(self, j: int, full: Any, thresholds: NDArray) -> NDArray:
+        """Terms of group ``j``'s scores ``full`` (n_c, G * nS) above ``thresholds`` (G,) per
+        image; returns the rows with a term (host bool mask)."""
+        thr = thresholds.astype(full.dtype)
+        n_c = full.shape[0]
+        if self.kernels:
+            from ._kernels import score_block_count_above, score_block_gather_above
+
+            counts = np.empty(n_c, dtype=np.int64)
+            score_block_count_above(full, self.n_s, thr, counts)
+            ptr = np.concatenate([[0], np.cumsum(counts)])
+            cols = np.empty(ptr[-1], dtype=np.int64)
+            vals = np.empty(ptr[-1], dtype=full.dtype)
+            score_block_gather_above(full, self.n_s, thr, ptr, cols, vals)
+        else:
+            xp = self.bk.xp
+            r, cols = xp.nonzero(full > xp.asarray(np.repeat(thr, self.n_s))[None, :])
+            vals = full[r, cols]
+            counts = np.bincount(self.bk.to_host(r), minlength=n_c)
+            ptr = np.concatenate([[0], np.cumsum(counts)])
+        if ptr[-1]:
+            blk = self.blocks[-1]
+            blk.groups[j] = (ptr, cols, vals)
+            self.bytes += 8 * (len(ptr) + len(cols)) + vals.nbytes
+        return counts > 0
+
+    def end_block(self, has: NDArray, x: Any) -> None:
+        """Keep the slices ``x`` of the block's rows that have terms (``has``)."""
+        blk = self.blocks[-1]
+        if not has.any():
+            self.blocks.pop()
+            return
+        blk.slice_rows = np.flatnonzero(has)
+        blk.x = x[self.bk.xp.asarray(blk.slice_rows)]
+        self.bytes += blk.x.nbytes + 8 * len(blk.slice_rows)
+
+    def pruned(self, thresholds: list[NDArray]) -> _SparseStore | None:
+        """Drop the terms below the per-image ``thresholds`` (one array per group) and the
+        slices no longer used; None if more than half the budget is still in use."""
+        xp = self.bk.xp
+        blocks = []
+        for blk in self.blocks:
+            has = np.zeros(blk.n_rows, dtype=bool)
+            for j, csr in enumerate(blk.groups):
+                if csr is None:
+                    continue
+                ptr, cols, vals = csr
+                keep = vals > xp.asarray(thresholds[j].astype(vals.dtype))[cols // self.n_s]
+                rows = np.repeat(np.arange(blk.n_rows), np.diff(ptr))[self.bk.to_host(keep)]
+                counts = np.bincount(rows, minlength=blk.n_rows)
+                blk.groups[j] = ((np.concatenate([[0], np.cumsum(counts)]), cols[keep],
+                                  vals[keep]) if len(rows) else None)
+                has |= counts > 0
+            if has.any():
+                used = has[blk.slice_rows]
+                blk.x = blk.x[xp.asarray(used)]
+                blk.slice_rows = blk.slice_rows[used]
+                blocks.append(blk)
+        self.blocks = blocks
+        self.bytes = sum(b.nbytes for b in blocks)
+        return None if self.bytes > self.budget // 2 else self
+
+
+def _csr_posterior(bk: Backend, csr: tuple[Any, Any, Any], n_s: int, log_l: NDArray,
+                   lo: float, kernels: bool) -> tuple[Any, NDArray]:
+    """Posterior ``exp(v - log_l[col // nS])`` of stored terms (0 when it underflows) and the
+    number of nonzero terms per row."""
+    ptr, cols, vals = csr
+    if kernels:
+        from ._kernels import csr_posterior
+
+        p = np.empty_like(vals)
+        row_nnz = np.empty(len(ptr) - 1, dtype=np.int64)
+        csr_posterior(ptr, cols, vals, n_s, log_l, lo, p, row_nnz)
+        return p, row_nnz
+    xp = bk.xp
+    d = vals - xp.asarray(log_l)[cols // n_s]
+    p = xp.where(d > lo, xp.exp(d), 0).astype(vals.dtype)
+    rows = np.repeat(np.arange(len(ptr) - 1), np.diff(ptr))
+    row_nnz = np.bincount(rows, weights=bk.to_host(p > 0), minlength=len(ptr) - 1)
+    return p, row_nnz.astype(np.int64)
+
+
+def _csr_to_dense(bk: Backend, rows: NDArray, csr: tuple[Any, Any, Any], p: Any, out: Any,
+                  kernels: bool) -> None:
+    """``out[i, cols] = p`` for the stored terms of the local rows ``rows[i]``."""
+    ptr, cols, _ = csr
+    if kernels:
+        from ._kernels import csr_rows_to_dense
+
+        csr_rows_to_dense(rows, ptr, cols, p, out)
+        return
+    xp = bk.xp
+    pos = np.full(len(ptr) - 1, -1)
+    pos[rows] = np.arange(len(rows))
+    r = np.repeat(pos, np.diff(ptr))
+    sel = r >= 0
+    out[xp.asarray(r[sel]), cols[xp.asarray(sel)]] = p[xp.asarray(sel)]
+
+
+@dataclass
+class _DenseState:
+    """Running sums of one image group over the blocks of the value pass (online log-sum-exp
+    relative to ``run_max``)."""
+
+    run_max: NDArray   # (G,)
+    sum_i: NDArray     # (G, nI)
+    sum_s: NDArray     # (G, nS)
+    best: NDArray      # (G,) best MAP criterion so far
+    log_d: NDArray     # (G, nD)
+    partial: NDArray   # (G,) log of the sum over the blocks so far
+
+    @classmethod
+    def empty(cls, n_img: int, n_d: int, n_i: int, n_s: int) -> _DenseState:
+        return cls(np.full(n_img, -np.inf), np.zeros((n_img, n_i)), np.zeros((n_img, n_s)),
+                   np.full(n_img, -np.inf), np.full((n_img, n_d), -np.inf),
+                   np.full(n_img, -np.inf))
+
+    def add_block(self, bk: Backend, full: Any, stats: tuple[NDArray, ...], n_s: int, d0: int,
+                  d1: int, lo: float, kernels: bool, g: _Group, acc: _Accumulator) -> NDArray:
+        """Fold in the scores of directions ``d0:d1``; returns the partial log-likelihoods."""
+        row_max, row_fmax, row_farg = stats
+        n_img, n_i = len(g.images), len(g.inplane)
+        rdt = full.dtype
+        cm = row_max.max(axis=0)                                                # (G,)
+        cm_safe = np.where(np.isfinite(cm), cm, 0.0)
+        row_sum, s_s = _exp_sums(bk, full, n_s, cm_safe.astype(rdt), lo, kernels)
+        er = row_sum.reshape(d1 - d0, n_i, n_img)
         with np.errstate(divide="ignore"):
-            ref = np.where(np.isfinite(run_max), run_max, 0.0)[:, None] - log_l[:, None]
-            log_i = np.log(sum_i) + ref
-            log_s = np.log(sum_s) + ref
-        for j, im in enumerate(img):
-            acc.log_d[im, g.directions] = log_d_group[j] - log_l[j]
+            self.log_d[:, d0:d1] = (np.log(er.sum(axis=1)) + cm_safe[None, :]).T
+        s_i = er.sum(axis=0).T                                                  # (G, nI)
+        new_max = np.maximum(self.run_max, cm)
+        ref = np.where(np.isfinite(new_max), new_max, 0.0)
+        a = np.where(np.isfinite(self.run_max), np.exp(self.run_max - ref), 0.0)
+        bfac = np.where(np.isfinite(cm), np.exp(cm_safe - ref), 0.0)
+        self.sum_i = self.sum_i * a[:, None] + s_i * bfac[:, None]
+        self.sum_s = self.sum_s * a[:, None] + s_s * bfac[:, None]
+        self.run_max = new_max
+        # MAP over quadrature weight x likelihood (first maximum in (rotation, shift) order)
+        fmax = row_fmax.max(axis=0)
+        for j in np.flatnonzero(fmax > self.best):
+            r = int(np.argmax(row_fmax[:, j]))
+            dd, ii = divmod(r, n_i)
+            im = g.images[j]
+            acc.map_d[im] = g.directions[d0 + dd]
+            acc.map_i[im] = g.inplane[ii]
+            acc.map_s[im] = g.shifts[int(row_farg[r, j])]
+            self.best[j] = fmax[j]
+        self.partial = np.logaddexp(self.partial, _logsumexp(self.log_d[:, d0:d1], axis=1))
+        return self.partial
+
+    def finish(self, g: _Group, acc: _Accumulator) -> NDArray:
+        """Write the group's log-likelihoods and marginals; returns ``log_l`` (G,)."""
+        log_l = _logsumexp(self.log_d, axis=1)
+        with np.errstate(divide="ignore"):
+            ref = np.where(np.isfinite(self.run_max), self.run_max, 0.0)[:, None] - log_l[:, None]
+            log_i = np.log(self.sum_i) + ref
+            log_s = np.log(self.sum_s) + ref
+        for j, im in enumerate(g.images):
+            acc.log_d[im, g.directions] = self.log_d[j] - log_l[j]
             acc.log_i[im, g.inplane] = log_i[j]
             acc.log_s[im, g.shifts] = log_s[j]
-        acc.log_l[img] = log_l
-        acc.n_eval[img] = n_d * n_i * n_s
+        acc.log_l[g.images] = log_l
+        acc.n_eval[g.images] = len(g.directions) * len(g.inplane) * len(g.shifts)
+        return log_l
 
-        if buffer is None:
-            return
-        # ---- gradient pass: G_r = sum_{b,s} pi conj(Z) - X_r * sum_b pi_rb kappa m c^2
-        ll_dev = xp.asarray(log_l.astype(rdt))
-        for k, (d0, d1) in enumerate(chunks):
-            rots, x, full = cached[k] if keep else scores(d0, d1)
-            p = work[: full.shape[0]]                                            # (n_c, G, nS)
-            xp.subtract(full, ll_dev[None, :, None], out=p)
-            xp.exp(p, out=p)
-            grad_rows = (p.reshape(p.shape[0], -1) @ zv).view(cdt)               # (n_c, Mh)
-            pr = p.sum(axis=2)                                                   # (n_c, G)
-            grad_rows -= (pr @ h2) * x
-            buffer.add(rots, grad_rows)
+
+# ------------------------------------------------------------------------- score block passes
+# exponentials of arguments below these are exactly 0 in the dtype (float32: e^-104 < 2^-150)
+_EXP_LO = {"f": -110.0, "d": -750.0}
+_SKIP_MARGIN = 16.0  # rounding of the recomputed scores and of log_l in the working dtype
+_SPARSE_DENSITY = 16  # the gradient uses the sparse kernel below 1/16 nonzero posterior terms
+
+
+def _complete_scores(bk: Backend, full: Any, n_s: int, lwr: NDArray, norm: Any, lws: Any,
+                     lis_r: NDArray, lis_s: Any, kernels: bool) -> tuple[NDArray, ...]:
+    """Cross terms -> scores in place, ``(full + (lwr - norm)) + lws``, viewed (n_c, G, nS);
+    returns (row_max, row_fmax, row_farg), each (n_c, G) on the host: the maxima over shifts
+    of the score and of the MAP criterion (score minus log importance weights), and the first
+    shift reaching the latter."""
+    n_c, n_img = norm.shape
+    if kernels:
+        from ._kernels import score_block_complete
+
+        row_max = np.empty((n_c, n_img))
+        row_fmax = np.empty((n_c, n_img))
+        row_farg = np.empty((n_c, n_img), dtype=np.int64)
+        score_block_complete(full, n_s, lwr, np.ascontiguousarray(norm), lws, lis_r, lis_s,
+                             row_max, row_fmax, row_farg)
+        return row_max, row_fmax, row_farg
+    xp = bk.xp
+    f3 = full.reshape(n_c, n_img, n_s)
+    f3 += (xp.asarray(lwr)[:, None] - norm)[:, :, None]
+    f3 += lws[None, None, :]
+    fq = f3 - xp.asarray(lis_r)[:, None, None] - lis_s[None, None, :]
+    return (bk.to_host(f3.max(axis=2)).astype(np.float64),
+            bk.to_host(fq.max(axis=2)).astype(np.float64), bk.to_host(fq.argmax(axis=2)))
+
+
+def _exp_sums(bk: Backend, full: Any, n_s: int, ref: NDArray, lo: float, kernels: bool
+              ) -> tuple[NDArray, NDArray]:
+    """``e = exp(score - ref[b])``: ``(sum_s e (n_c, G), sum_r e (G, nS))``, float64 on the
+    host."""
+    n_img = len(ref)
+    n_c = full.shape[0]
+    if kernels:
+        from ._kernels import score_block_exp_sums
+
+        row_sum = np.empty((n_c, n_img))
+        parts = np.empty((min(n_c, 4 * numba.get_num_threads()), n_img, n_s))
+        score_block_exp_sums(full, n_s, ref, lo, row_sum, parts)
+        return row_sum, parts.sum(axis=0)
+    xp = bk.xp
+    e = xp.exp(full.reshape(n_c, n_img, n_s) - xp.asarray(ref)[None, :, None])
+    return (bk.to_host(e.sum(axis=2)).astype(np.float64),
+            bk.to_host(e.sum(axis=0)).astype(np.float64))
+
+
+def _posterior(bk: Backend, full: Any, n_s: int, log_l: Any, lo: float, kernels: bool) -> Any:
+    """Scores -> posterior ``exp(score - log_l[b])`` in place; returns ``sum_s`` (n_c, G)."""
+    n_c, n_img = full.shape[0], len(log_l)
+    if kernels:
+        from ._kernels import score_block_posterior
+
+        row_sum = np.empty((n_c, n_img), dtype=full.dtype)
+        score_block_posterior(full, n_s, log_l, lo, row_sum)
+        return row_sum
+    xp = bk.xp
+    p = full.reshape(n_c, n_img, n_s)
+    xp.subtract(p, log_l[None, :, None], out=p)
+    xp.exp(p, out=p)
+    return p.sum(axis=2)
 
 
 # ---------------------------------------------------------------------------------- kernels

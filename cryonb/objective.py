@@ -21,11 +21,14 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from .backend import Backend, get_backend
 from .dataset import Dataset
+from .device import DeviceMarginalLikelihood, marginal_likelihood
 from .image_model import ImageModel
 from .likelihood import MarginalLikelihood
 from .quadrature import Quadrature
 from .sagd import Evaluation
+from .streaming import Prefetcher
 
 __all__ = ["KnownPoseObjective", "MarginalObjective", "QuadratureOptions"]
 
@@ -64,12 +67,24 @@ class MarginalObjective:
         Projector oversampling.
     dtype : float32 (default) or float64
         Precision of the likelihood computation.
+    prefetch : bool
+        Read the batches announced by :meth:`prefetch` in a background thread (default);
+        False reads every batch when it is evaluated.  The results are the same.
+    backend : {"numpy", "cupy", "array_api_strict"}, Backend or None
+        Where the likelihood and gradient are computed (``None``: the backend of the
+        enclosing :func:`~cryonb.backend.use_backend` block, else NumPy).  NumPy uses the numba
+        engine (:class:`~cryonb.likelihood.MarginalLikelihood`); any other backend the
+        array-API engine :class:`~cryonb.device.DeviceMarginalLikelihood`, with the images
+        moved to the device batch by batch (see :func:`cryonb.device.marginal_likelihood`).
     """
 
     def __init__(self, dataset: Dataset, noise_sigma: float, *, rng: np.random.Generator,
                  sampler: Any = None, quadrature: QuadratureOptions | None = None,
-                 pad: int = 2, dtype: Any = np.float32) -> None:
+                 pad: int = 2, dtype: Any = np.float32, prefetch: bool = True,
+                 backend: str | Backend | None = None) -> None:
         self.dataset = dataset
+        self.backend = get_backend(backend).name  # a name: the objective stays picklable
+        self.prefetcher = Prefetcher(dataset.images) if prefetch else None
         self.noise_sigma = float(noise_sigma)
         self.rng = rng
         self.sampler = sampler
@@ -79,7 +94,7 @@ class MarginalObjective:
         self.pixel_size_A = dataset.pixel_size_A
         self.max_freq_invA: float | None = None
         self._quadratures: dict[float, Quadrature] = {}
-        self.likelihood: MarginalLikelihood | None = None
+        self.likelihood: MarginalLikelihood | DeviceMarginalLikelihood | None = None
         self.last_result: Any = None  # the LikelihoodResult of the latest evaluate()
 
     def quadrature_for(self, max_freq_invA: float) -> Quadrature:
@@ -101,7 +116,7 @@ class MarginalObjective:
         self.max_freq_invA = w
         model = ImageModel(self.dataset.box_size, self.dataset.pixel_size_A, max_freq_invA=w,
                            pad=self.pad)
-        self.likelihood = MarginalLikelihood(model, self.quadrature_for(w))
+        self.likelihood = marginal_likelihood(model, self.quadrature_for(w), backend=self.backend)
 
     def evaluate(self, volume: NDArray, indices: NDArray, *, gradient: bool, record: bool,
                  iteration: int = 0, reuse: Any = None) -> Evaluation:
@@ -114,12 +129,15 @@ class MarginalObjective:
             prepared, subsets = reuse
         else:
             ctf = None if self.dataset.ctf is None else self.dataset.ctf.subset(idx)
-            prepared = lik.prepare(self.dataset.images(idx), ctf, self.noise_sigma,
+            prepared = lik.prepare(_read_images(self, idx), ctf, self.noise_sigma,
                                    dtype=self.dtype)
             subsets = None
             if self.sampler is not None:
                 subsets = self.sampler.sample(idx, lik.quadrature, iteration, self.rng)
-        volume_ft = lik.model.projector.volume_to_fourier(np.asarray(volume, dtype=self.dtype))
+        host_volume = np.asarray(volume, dtype=self.dtype)
+        to_fourier = (lik.volume_to_fourier if isinstance(lik, DeviceMarginalLikelihood)
+                      else lik.model.projector.volume_to_fourier)  # device engine: 3D FFT there
+        volume_ft = to_fourier(host_volume)
         result = lik.evaluate(volume_ft, prepared, subsets=subsets, gradient=gradient)
         if record and self.sampler is not None and reuse is None:
             self.sampler.update(idx, subsets, result, iteration)
@@ -128,6 +146,11 @@ class MarginalObjective:
         grad = None if result.gradient is None else -np.asarray(result.gradient, np.float64)
         return Evaluation(nll=-np.asarray(result.log_likelihood, dtype=np.float64), grad=grad,
                           fraction_evaluated=fraction, token=(prepared, subsets))
+
+    def prefetch(self, indices: NDArray) -> None:
+        """Start reading the images of a coming :meth:`evaluate` in the background."""
+        if self.prefetcher is not None:
+            self.prefetcher.request(indices)
 
     def state_dict(self) -> dict[str, Any]:
         """The sampling generator's state and the importance sampler's per-particle state."""
@@ -154,12 +177,16 @@ class KnownPoseObjective:
         Real-space noise standard deviation per pixel.
     pad : int
         Projector oversampling.
+    prefetch : bool
+        As for :class:`MarginalObjective`.
     """
 
-    def __init__(self, dataset: Dataset, noise_sigma: float, *, pad: int = 2) -> None:
+    def __init__(self, dataset: Dataset, noise_sigma: float, *, pad: int = 2,
+                 prefetch: bool = True) -> None:
         if dataset.rotations is None:
             raise ValueError("KnownPoseObjective needs a dataset with poses")
         self.dataset = dataset
+        self.prefetcher = Prefetcher(dataset.images) if prefetch else None
         self.noise_sigma = float(noise_sigma)
         self.pad = pad
         self.pixel_size_A = dataset.pixel_size_A
@@ -180,7 +207,7 @@ class KnownPoseObjective:
         ctf = None if ds.ctf is None else ds.ctf.subset(idx)
         from .fourier import fft2_centered
 
-        data = fft2_centered(ds.images(idx).astype(np.float64))[:, model.mask]
+        data = fft2_centered(_read_images(self, idx).astype(np.float64))[:, model.mask]
         volume_ft = model.projector.volume_to_fourier(np.asarray(volume, dtype=np.float64))
         residual = model.forward_points(volume_ft, ds.rotations[idx], shifts, ctf) - data
         scale = 1.0 / (2.0 * n * n * self.noise_sigma**2)  # Parseval, full disc
@@ -191,9 +218,21 @@ class KnownPoseObjective:
             grad = 2.0 * scale * model.projector.fourier_to_volume_adjoint(back)
         return Evaluation(nll=nll, grad=grad, fraction_evaluated=1.0)
 
+    def prefetch(self, indices: NDArray) -> None:
+        """Start reading the images of a coming :meth:`evaluate` in the background."""
+        if self.prefetcher is not None:
+            self.prefetcher.request(indices)
+
     def state_dict(self) -> dict[str, Any]:
         """Nothing to save."""
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Nothing to restore."""
+
+
+def _read_images(objective: MarginalObjective | KnownPoseObjective, indices: NDArray) -> NDArray:
+    """The objective's images ``indices``: prefetched if announced, else read now."""
+    if objective.prefetcher is None:
+        return objective.dataset.images(indices)
+    return objective.prefetcher.get(indices)

@@ -308,6 +308,11 @@ class SAGDSolver:
         Sum of voxels of the random start.
     callback : callable, optional
         ``callback(solver, record)`` after every iteration (e.g. a live dashboard).
+    client : distributed.Client, optional
+        Compute each minibatch's likelihoods and gradient on the Dask cluster's workers, each
+        reading its own shard of the particles (the objective is wrapped in a
+        :class:`cryonb.distributed.DistributedObjective`; results equal the in-process run for
+        the same seed to floating-point tolerance).
 
     Nothing is computed until :meth:`initialize` (called by :meth:`step`/:meth:`run`).
     """
@@ -316,7 +321,12 @@ class SAGDSolver:
                  params: SAGDParams | None = None, rng: np.random.Generator,
                  prior: Prior | None = None, initial_volume: NDArray | None = None,
                  initial_mass: float = 1.0,
-                 callback: Callable[[SAGDSolver, dict[str, float]], None] | None = None) -> None:
+                 callback: Callable[[SAGDSolver, dict[str, float]], None] | None = None,
+                 client: Any = None) -> None:
+        if client is not None:
+            from .distributed import DistributedObjective
+
+            objective = DistributedObjective(objective, client)  # type: ignore[arg-type]
         self.objective = objective
         self.n_images = int(n_images)
         self.box_size = int(box_size)
@@ -469,6 +479,7 @@ class SAGDSolver:
             st.order = self.rng.permutation(self.n_batches)
         batch = int(st.order[it % self.n_batches])
         indices = self.batch_indices(batch)
+        self._prefetch_next(it)
         value, grad, ev = self._value_and_grad(st.volume, indices, record=True)
         assert grad is not None and ev.grad is not None
         if stage_changed or it % p.linesearch_every == 0:
@@ -499,6 +510,16 @@ class SAGDSolver:
         if self.callback is not None:
             self.callback(self, record)
         return record
+
+    def _prefetch_next(self, it: int) -> None:
+        """Let the objective read the next iteration's batch while this one is computed.
+
+        Objectives without a ``prefetch(indices)`` method are left alone.  At the end of an
+        epoch the next batch order is not drawn yet, so nothing is announced.
+        """
+        prefetch = getattr(self.objective, "prefetch", None)
+        if prefetch is not None and (it + 1) % self.n_batches != 0:
+            prefetch(self.batch_indices(int(self.state.order[(it + 1) % self.n_batches])))
 
     def _pixel_size_guess(self) -> float:
         return float(getattr(self.objective, "pixel_size_A", 1.0))

@@ -4,6 +4,8 @@ Ab initio: SAGD with importance sampling over poses and shifts (Brubaker, Punjan
 2015), frequency marching from --start-res to --max-res, a common low-resolution start then two
 independent half-sets (gold standard).  Checkpoints every --checkpoint-min minutes and on
 Ctrl-C / SIGTERM; --resume continues from the last one (also after SIGKILL).
+--scheduler ADDRESS (an existing Dask cluster) or --dask-workers N (a local one) compute each
+minibatch on the workers, each reading its own shard of the particles; the results are the same.
 
 Writes in --out: map.mrc, half1.mrc, half2.mrc, particles.star (MAP poses, rlnRandomSubset),
 history.csv, fsc.png/.csv, run.json, checkpoint.npz.  With --known-poses: map.mrc by
@@ -12,6 +14,8 @@ least-squares reconstruction with the STAR file's poses (half maps from rlnRando
 Examples:
   cryonb reconstruct demo_out/particles.star --out rec --box 32 --time-limit 10
   cryonb reconstruct particles.star --out rec --resume
+  cryonb reconstruct particles.star --out rec --dask-workers 2
+  cryonb reconstruct particles.star --out rec --scheduler tcp://10.0.0.5:8786
   cryonb reconstruct particles.star --out refined --known-poses
 """
 
@@ -56,6 +60,11 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--known-poses", action="store_true",
                         help="reconstruct with the file's poses instead of ab initio")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    cluster = parser.add_mutually_exclusive_group()
+    cluster.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                         help="compute minibatches on this Dask cluster (tcp://host:8786)")
+    cluster.add_argument("--dask-workers", type=int, default=None, metavar="N",
+                         help="start a local Dask cluster of N single-threaded worker processes")
 
 
 def _load(args: argparse.Namespace):
@@ -109,8 +118,13 @@ def main(args: argparse.Namespace) -> int:
         time_limit_min=args.time_limit, seed=args.seed, particle_radius_A=args.particle_radius,
         shift_sigma_A=args.shift_sigma, shift_extent_A=args.shift_extent,
         checkpoint_every_s=60.0 * args.checkpoint_min)
-    run = AbInitioRun(ds, args.out, config, progress=not args.no_progress)
-    summary = run.run(resume=args.resume)
+    from ..distributed import dask_client
+
+    with dask_client(args.scheduler, args.dask_workers) as client:
+        if client is not None:
+            print(f"Dask: {len(client.nthreads())} workers, dashboard {client.dashboard_link}")
+        run = AbInitioRun(ds, args.out, config, progress=not args.no_progress, client=client)
+        summary = run.run(resume=args.resume)
     if summary["status"] != "done":
         print(f"interrupted; resume with: cryonb reconstruct {args.particles} --out {args.out} "
               "--resume (same options)")
