@@ -461,7 +461,8 @@ class ImportanceSampler:
         Keys: ``quad_id`` (P,), ``band_limits`` (number of grids,), and per domain
         ``idx_<domain>``, ``logp_<domain>`` (P, K) and ``rest_<domain>`` (P,).
         """
-        limits = [np.nan if q.max_freq_invA is None else float(q.max_freq_invA)
+        # a grid no particle uses is not rebuilt by load_state_dict (None): no band limit kept
+        limits = [np.nan if q is None or q.max_freq_invA is None else float(q.max_freq_invA)
                   for q in self._quadratures]
         state: dict[str, Any] = {"quad_id": self._quad_id.copy(),
                                  "band_limits": np.asarray(limits, dtype=np.float64)}

@@ -252,3 +252,25 @@ def test_state_dict_round_trip():
         np.testing.assert_array_equal(pa[d], pb[d])
     with pytest.raises(ValueError, match="particles"):
         ImportanceSampler(5).load_state_dict(state, grids.__getitem__)
+
+
+def test_state_dict_after_a_restore_with_an_unused_grid():
+    """A grid no particle refers to any more is not rebuilt on load; saving again must work and
+    the next restore must give the same proposals (a checkpoint after --resume)."""
+    grids = {0.03: Quadrature.for_band_limit(0.03, box_size=32, pixel_size_A=3.0),
+             0.05: Quadrature.for_band_limit(0.05, box_size=32, pixel_size_A=3.0)}
+    a = ImportanceSampler(4, ISSchedule.constant(0.1))
+    for w in (0.03, 0.05):  # every particle moves on to the finer grid: 0.03 ends unused
+        q = grids[w]
+        t = np.random.default_rng(int(w * 100)).normal(0, 3, (q.n_directions, q.n_inplane,
+                                                              q.n_shifts))
+        a.update([0, 1, 2, 3], None, _result(q, [t, t + 1, t + 2, t - 1]), 0)
+    b = ImportanceSampler(4, ISSchedule.constant(0.1))
+    b.load_state_dict(a.state_dict(), grids.__getitem__)
+    again = b.state_dict()  # failed before: the unused grid was None
+    c = ImportanceSampler(4, ISSchedule.constant(0.1))
+    c.load_state_dict(again, grids.__getitem__)
+    pa = a.proposals(np.arange(4), grids[0.05], 5)
+    pc = c.proposals(np.arange(4), grids[0.05], 5)
+    for d in DOMAINS:
+        np.testing.assert_array_equal(pa[d], pc[d])
