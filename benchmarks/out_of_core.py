@@ -1,8 +1,8 @@
 """Out of core: peak memory of simulating and reconstructing a 200,000-particle stack on disk.
 
 Run from the repository root: ``python -m benchmarks.out_of_core [--quick] [--keep]`` (the full
-run takes about 1.5-2 hours on 2 cores: ~50 min to simulate, a few minutes to stream the stack
-once, 10 min of SAGD, then the pose pass over every particle).
+run took 2.5 hours on 2 cores shared with other jobs: 97 min to simulate, 6 min to stream the
+stack once, 10 min of SAGD, then 38 min for the pose pass over every particle).
 
 1. **Data**: ``cryonb simulate --n 200000 --box 128 --pixel-size 2.8 --snr 0.05`` (the paper's
    synthetic GroEL geometry, bundled 1AON model and CTF table) into
@@ -17,7 +17,7 @@ once, 10 min of SAGD, then the pose pass over every particle).
    ``particles.star``), under ``/usr/bin/time -v``.  The band limits are kept low (start 60 Å,
    split 50 Å, target 40 Å, origins searched to 20 Å) so that the final pose pass, which scores
    every one of the 200,000 particles on the full pose grid (most were never visited in 10
-   minutes, so importance sampling cannot help), takes ~20 min instead of hours; the
+   minutes, so importance sampling cannot help), takes tens of minutes, not hours; the
    benchmark is about memory, not resolution.  The checkpoint's importance-sampling state
    and SAG gradient memory are measured from ``checkpoint.npz``.
 4. Peak memory is reported against the size of the stack on disk.  On success the stack,
