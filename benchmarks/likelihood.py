@@ -76,6 +76,8 @@ import time
 
 import numpy as np
 
+from benchmarks import best_time
+
 CONFIGS = [  # (box, pixel size Å, band limit 1/Å)
     (64, 5.6, 1 / 40),
     (64, 5.6, 1 / 20),
@@ -91,12 +93,7 @@ SNR = 0.05
 
 
 def _best(fn, repeat=2):
-    best = np.inf
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
+    return best_time(fn, repeat)
 
 
 def _cgemm_gflops(rows, inner, cols):
