@@ -197,7 +197,8 @@ def simulate_to_files(volume: NDArray, pixel_size_A: float, params: SimulationPa
     volume : (N, N, N) real density [z, y, x]
     pixel_size_A : float
     params : SimulationParams
-    rng : numpy Generator (the only source of randomness: same seed, same files)
+    rng : numpy Generator (the only source of randomness: same seed, same files up to
+        their creation-time stamps)
     out_dir : folder to write into (created)
     ctf_table : CTFs to draw from (e.g. :func:`read_ctf_table`), or None for the ranges
     rotations : (n, 3, 3) given poses, or None for uniform draws
