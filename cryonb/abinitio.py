@@ -355,10 +355,15 @@ class AbInitioRun:
         write_mrc(out / "half2.mrc", maps[1], psize)
         final = (maps[0] + maps[1]) / 2
         write_mrc(out / "map.mrc", final, psize)
-        curves, labels = [fsc(maps[0], maps[1], psize)], ["half-maps"]
+        # above the band limit the halves reached, their content is made by positivity from
+        # what lies below it (no data were fitted there): the FSC stops at that limit
+        w_final = self.final_band_limit()
+        curves = [fsc(maps[0], maps[1], psize, max_freq_invA=w_final)]
+        labels = ["half-maps"]
         summary: dict[str, Any] = {
             "status": "done", "n_particles": len(ds), "box_size": ds.box_size,
             "pixel_size_A": psize, "half_map_resolution_A_0143": curves[0].resolution_A(0.143),
+            "final_max_freq_invA": w_final,
             "stop_reasons": [h.solver.stop_reason for h in self.halves],
             "iterations": {"common": self.common.iteration,
                            **{h.name: h.solver.iteration for h in self.halves}},
@@ -396,6 +401,15 @@ class AbInitioRun:
         (out / "run.json").write_text(json.dumps({**summary, "config": asdict(self.config)},
                                                  indent=2, default=float) + "\n")
         return summary
+
+    def final_band_limit(self) -> float:
+        """The band limit (1/Å) both half-set solvers have reached: the lower of their last."""
+        limits = []
+        for h in self.halves:
+            records = h.solver.state.records
+            limits.append(records[-1]["max_freq_invA"] if records
+                          else h.solver.params.start_max_freq_invA)
+        return float(min(limits))
 
     def _write_history(self, path: Path) -> None:
         rows = []

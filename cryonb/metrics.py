@@ -45,8 +45,16 @@ class FSCResult:
         return resolution_at(self.fsc, self.box_size, self.pixel_size_A, threshold)
 
 
-def fsc(map1: ArrayLike, map2: ArrayLike, pixel_size_A: float) -> FSCResult:
-    """Fourier shell correlation of two cubic maps ``(N, N, N)`` (RELION's shells)."""
+def fsc(map1: ArrayLike, map2: ArrayLike, pixel_size_A: float, *,
+        max_freq_invA: float | None = None) -> FSCResult:
+    """Fourier shell correlation of two cubic maps ``(N, N, N)`` (RELION's shells).
+
+    ``max_freq_invA``: the band limit the maps were fitted to (1/Å), or None.  Shells above it
+    are NaN (not determined) and the resolution cannot pass it.  Use it for maps from a
+    band-limited fit: there, the content above the band limit is not fitted to any data, only
+    made by the positivity truncation from the content below it, so two half-maps that agree
+    below the limit also agree above it and their FSC would claim a resolution nothing supports.
+    """
     a = np.asarray(map1, dtype=np.float64)
     b = np.asarray(map2, dtype=np.float64)
     if a.shape != b.shape or a.ndim != 3 or len(set(a.shape)) != 1:
@@ -63,16 +71,18 @@ def fsc(map1: ArrayLike, map2: ArrayLike, pixel_size_A: float) -> FSCResult:
     with np.errstate(invalid="ignore", divide="ignore"):
         curve = np.where(pa * pb > 0, cross / np.sqrt(pa * pb), 0.0)
     shell = np.arange(n_shells)
+    if max_freq_invA is not None:
+        curve[shell / (n * pixel_size_A) > max_freq_invA + 1e-12] = np.nan
     return FSCResult(shell, shell / (n * pixel_size_A), curve, float(pixel_size_A), n)
 
 
 def resolution_at(curve: ArrayLike, box_size: int, pixel_size_A: float,
                   threshold: float = 0.143) -> float:
     """``N * pixel_size / i`` for the last shell ``i`` before the curve first drops below
-    ``threshold`` (shell 0 is skipped); Nyquist (``2 * pixel_size``) if it never does, ``inf``
-    if shell 1 is already below."""
-    values = np.asarray(curve)
-    below = np.flatnonzero(values[1:] < threshold)
+    ``threshold`` or becomes NaN (not determined; shell 0 is skipped); Nyquist
+    (``2 * pixel_size``) if it never does, ``inf`` if shell 1 is already below."""
+    values = np.asarray(curve, dtype=np.float64)
+    below = np.flatnonzero(~(values[1:] >= threshold))
     if below.size == 0:
         return box_size * pixel_size_A / (values.size - 1)
     last_good = int(below[0])  # shell index of the last shell at or above the threshold

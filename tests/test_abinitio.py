@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -82,6 +83,23 @@ def test_abinitio_outputs_and_resume_equals_uninterrupted(tiny_set, tmp_path):
     second = AbInitioRun(ds, tmp_path / "resumed", CONFIG, progress=False)
     assert second.run(resume=True)["status"] == "done"
     np.testing.assert_array_equal(read_mrc(tmp_path / "resumed" / "map.mrc").data, final.data)
+
+
+def test_half_map_fsc_stops_at_the_band_limit_the_halves_reached(tiny_set, tmp_path):
+    # above the band limit no data were fitted: positivity alone shapes both halves alike from
+    # the same low frequencies, so the FSC there would claim a resolution nothing supports
+    ds = load_simulation(tiny_set)
+    config = replace(CONFIG, max_res_A=30.0, max_iterations=12)
+    summary = AbInitioRun(ds, tmp_path, config, progress=False).run()
+    w_final = summary["final_max_freq_invA"]
+    assert w_final == pytest.approx(1 / 30.0)  # below Nyquist, 1/24
+    assert summary["half_map_resolution_A_0143"] >= 1 / w_final - 1e-6
+    unlimited = fsc(read_mrc(tmp_path / "half1.mrc").data, read_mrc(tmp_path / "half2.mrc").data,
+                    PSIZE)
+    beyond = unlimited.freq_invA > w_final + 1e-9
+    assert beyond.any() and np.isfinite(unlimited.fsc[beyond]).all()
+    written = np.loadtxt(tmp_path / "fsc.csv", delimiter=",", skiprows=1)
+    assert np.isnan(written[beyond, 1]).all() and np.isfinite(written[~beyond, 1]).all()
 
 
 @pytest.mark.slow

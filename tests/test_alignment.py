@@ -50,3 +50,16 @@ def test_fsc_of_identical_and_independent_maps():
     other = fsc(a, rng.normal(size=a.shape), 2.0)
     assert np.abs(other.fsc[3:]).max() < 0.2
     assert resolution_at([1.0, 0.9, 0.5, 0.1, 0.6], 8, 2.0, 0.143) == pytest.approx(8.0)
+
+
+def test_fsc_stops_at_the_band_limit_the_maps_were_fitted_to():
+    rng = np.random.default_rng(3)
+    a = rng.normal(size=(24, 24, 24))
+    full = fsc(a, a, 2.0)
+    assert full.resolution_A(0.143) == pytest.approx(4.0)
+    limited = fsc(a, a, 2.0, max_freq_invA=1 / 8.0)  # shell 6 of 12 is 1/8 Å^-1
+    np.testing.assert_allclose(limited.fsc[:7], 1.0)
+    assert np.isnan(limited.fsc[7:]).all()
+    assert limited.resolution_A(0.143) == pytest.approx(8.0)
+    # a NaN shell ends the curve like a drop below the threshold
+    assert resolution_at([1.0, 0.9, 0.8, np.nan, 0.9], 8, 2.0, 0.143) == pytest.approx(8.0)

@@ -103,7 +103,8 @@ def _reconstruct(args: argparse.Namespace, ds, out: Path) -> int:
   ({summary['pixel_size_A']:.2f} Å/px; Nyquist {2 * summary['pixel_size_A']:.1f} Å),
   {summary['wall_time_s'] / 60:.1f} min of solver time; stop: {summary['stop_reasons'][0]}.
 * Half-map FSC 0.143: **{summary['half_map_resolution_A_0143']:.1f} Å** (halves share the
-  common low-resolution start, so this is optimistic).
+  common low-resolution start, so this is optimistic; it cannot pass the band limit the halves
+  reached, {1 / summary['final_max_freq_invA']:.1f} Å).
 * Against the truth after alignment (hand {'flipped' if summary['hand_flipped'] else 'kept'}):
   FSC 0.5 at **{summary['truth_resolution_A_05']:.1f} Å**, correlation
   {summary['truth_correlation']:.3f}.
