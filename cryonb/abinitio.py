@@ -36,7 +36,7 @@ from .fourier import lowpass
 from .importance import ImportanceSampler, ISSchedule
 from .objective import MarginalObjective, QuadratureOptions
 from .priors import ExponentialPrior
-from .sagd import SAGDParams, SAGDSolver, band_limit_at, random_spheres
+from .sagd import GradientMemory, SAGDParams, SAGDSolver, band_limit_at, random_spheres
 
 __all__ = ["AbInitioConfig", "AbInitioRun", "estimate_mass", "is_schedule_for"]
 
@@ -209,6 +209,18 @@ class AbInitioRun:
             self._carry_over_sampling(solver.objective, sel)
             self.halves.append(_Half(f"half{h + 1}", sub, sel, solver))
         self._split_iteration = iteration
+        self._release_common()
+
+    def _release_common(self) -> None:
+        """Free what the common solver no longer needs once the halves have their copies.
+
+        Its stored minibatch gradients and its importance-sampling state (1.8 kB per particle,
+        0.36 GB at 200,000 particles) are then neither kept in memory nor written to the
+        checkpoints; its map, iteration count and history stay.
+        """
+        self.common.memory = GradientMemory(self.common.box_size)
+        objective = getattr(self.common.objective, "local", self.common.objective)
+        objective.sampler = None
 
     def _carry_over_sampling(self, objective: MarginalObjective, ids: NDArray) -> None:
         """Start a half's importance sampler from the common run's state of its particles."""

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from cryonb.abinitio import AbInitioConfig, AbInitioRun, estimate_mass
+from cryonb.checkpoint import load_checkpoint
 from cryonb.cli import main as cli_main
 from cryonb.dataset import Dataset
 from cryonb.io import read_mrc
@@ -69,6 +70,14 @@ def test_abinitio_outputs_and_resume_equals_uninterrupted(tiny_set, tmp_path):
     poses = Dataset.from_star(out / "particles.star")
     assert poses.rotations.shape == (240, 3, 3)
     assert set(np.unique(poses.half_set)) == {0, 1}
+
+    # after the split the common solver keeps only its map and history: its stored gradients
+    # and importance-sampling state are neither in memory nor in the checkpoint
+    saved = load_checkpoint(out / "checkpoint.npz")
+    assert saved["common"]["memory"]["coeffs"].size == 0
+    assert "sampler" not in saved["common"]["objective"]
+    assert all("sampler" in saved[h]["objective"] for h in ("half1", "half2"))
+    assert saved["common"]["volume"].shape == (BOX,) * 3
 
     # interrupted after 6 common/half steps (as Ctrl-C does), then resumed
     calls = {"n": 0}
