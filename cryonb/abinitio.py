@@ -47,7 +47,11 @@ class AbInitioConfig:
 
     ``box_size``: Fourier-crop the images to this box first (None: keep).  ``max_res_A``:
     target resolution (None: Nyquist of the working box).  ``start_res_A``: first band limit
-    (paper: 40 Å).  ``split_res_A``: where the two half-sets separate.  Budgets:
+    (paper: 40 Å).  ``first_stage_epochs``: the first band-limit stage lasts at least this many
+    passes over the training images (at least ``iterations_per_stage`` iterations): the shape
+    is decided there (measured on 10,000 GroEL images at 7.5 Å/px, correlation with the truth
+    of the 40 Å map: 0.55 after 0.5 epoch, 0.63 / 0.68 / 0.76 after 1.5 / 2 / 3 epochs; a
+    correct 40 Å map scores 0.79).  ``split_res_A``: where the two half-sets separate.  Budgets:
     ``max_iterations`` and ``time_limit_min`` (per phase total).  ``checkpoint_every_s``: how
     often to save.  ``prior_rate``: the exponential prior's rate per unit density (None: no
     prior).
@@ -56,6 +60,7 @@ class AbInitioConfig:
     box_size: int | None = None
     max_res_A: float | None = None
     start_res_A: float = 40.0
+    first_stage_epochs: float = 3.0
     split_res_A: float = 30.0
     freq_step_invA: float = 0.005
     iterations_per_stage: int = 30
@@ -143,10 +148,16 @@ class AbInitioRun:
         target = nyquist if cfg.max_res_A is None else min(nyquist, 1.0 / cfg.max_res_A)
         start = min(1.0 / cfg.start_res_A, target)
         split = min(max(1.0 / cfg.split_res_A, start), target)
+        batch_size = min(cfg.batch_size, max(1, len(ds) // 4))
+        n_train = max(1, len(ds) - min(cfg.n_heldout, max(0, len(ds) - batch_size)))
+        batches_per_epoch = max(1, n_train // batch_size)
+        first = max(cfg.iterations_per_stage,
+                    int(np.ceil(cfg.first_stage_epochs * batches_per_epoch)))
         self.params = SAGDParams(
-            batch_size=min(cfg.batch_size, max(1, len(ds) // 4)), n_heldout=cfg.n_heldout,
+            batch_size=batch_size, n_heldout=cfg.n_heldout,
             start_max_freq_invA=start, target_max_freq_invA=target,
             freq_step_invA=cfg.freq_step_invA, iterations_per_stage=cfg.iterations_per_stage,
+            first_stage_iterations=first,
             eps_halving=cfg.iterations_per_stage,
             max_iterations=cfg.max_iterations,
             time_limit_s=None if cfg.time_limit_min is None else 60.0 * cfg.time_limit_min)
@@ -194,12 +205,17 @@ class AbInitioRun:
             halves[self.rng.permutation(len(ids))[len(ids) // 2:]] = 1
         self.half_labels = halves
         self.halves = []
+        # the schedules (learning rate, importance sampling) go on as if the first stage had
+        # lasted iterations_per_stage iterations (see sagd.learning_rate_at)
+        per_stage = self.params.iterations_per_stage
+        extra = max(0, (self.params.first_stage_iterations or 0) - per_stage)
+        extra = min(extra, max(0, iteration - per_stage))
         for h in (0, 1):
             sel = ids[halves == h]
             sub = self.work.subset(sel)
             params = replace(self.params, start_max_freq_invA=self.split_freq,
                              first_stage_iterations=None, max_iterations=None,
-                             time_limit_s=None, iteration_offset=iteration)
+                             time_limit_s=None, iteration_offset=iteration - extra)
             solver = SAGDSolver(self._objective(sub, np.random.default_rng([self.config.seed,
                                                                              10 + h])),
                                 n_images=len(sub), box_size=self.work.box_size, params=params,

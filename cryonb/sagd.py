@@ -109,6 +109,8 @@ class SAGDParams:
         Iterations between increases (reference: 150; the first stage lasts
         ``first_stage_iterations`` if given).
     first_stage_iterations : int or None
+        Length of the first stage (the reference code spends 400 iterations, about two epochs,
+        at 50 and 40 Å); see :func:`learning_rate_at` for its effect on the learning rate.
     eps_min, eps_halving : float, int
         Learning-rate schedule ``max(eps_min, 2^(1 - floor(it / eps_halving)))``.
     L0 : float
@@ -173,8 +175,16 @@ def band_limit_at(iteration: int, params: SAGDParams) -> tuple[int, float]:
 
 
 def learning_rate_at(iteration: int, params: SAGDParams) -> float:
-    """``eps = max(eps_min, 2^(1 - floor(t / eps_halving)))``, ``t`` = iteration + offset."""
+    """``eps = max(eps_min, 2^(1 - floor(t / eps_halving)))``, ``t`` = iteration + offset.
+
+    A first stage longer than ``iterations_per_stage`` counts as ``iterations_per_stage``
+    iterations (its whole length at the first rate when ``eps_halving`` equals
+    ``iterations_per_stage``), so lengthening it does not shrink the later steps.
+    """
     t = iteration + params.iteration_offset
+    first, per_stage = params.first_stage_iterations, params.iterations_per_stage
+    if first is not None and first > per_stage:
+        t = t * per_stage // first if t < first else t - (first - per_stage)
     return max(params.eps_min, 2.0 ** (1 - t // params.eps_halving))
 
 

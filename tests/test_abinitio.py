@@ -43,7 +43,8 @@ def tiny_set(tmp_path_factory):
 
 
 CONFIG = AbInitioConfig(start_res_A=40.0, split_res_A=30.0, freq_step_invA=1 / 120,
-                        iterations_per_stage=4, batch_size=40, n_heldout=20,
+                        first_stage_epochs=1.0, iterations_per_stage=4, batch_size=40,
+                        n_heldout=20,
                         particle_radius_A=50.0, shift_sigma_A=5.0, shift_extent_A=10.0,
                         max_iterations=16, checkpoint_every_s=3600.0)
 
@@ -92,6 +93,23 @@ def test_abinitio_outputs_and_resume_equals_uninterrupted(tiny_set, tmp_path):
     second = AbInitioRun(ds, tmp_path / "resumed", CONFIG, progress=False)
     assert second.run(resume=True)["status"] == "done"
     np.testing.assert_array_equal(read_mrc(tmp_path / "resumed" / "map.mrc").data, final.data)
+
+
+def test_first_stage_lasts_its_epochs_and_the_halves_continue_its_schedule(tiny_set, tmp_path):
+    # 240 images - 20 held out = 220 in 5 batches of 40 (+ remainder): 2 epochs = 10 iterations
+    ds = load_simulation(tiny_set)
+    config = replace(CONFIG, first_stage_epochs=2.0, max_iterations=14)
+    AbInitioRun(ds, tmp_path, config, progress=False).run()
+    rows = np.genfromtxt(tmp_path / "history.csv", delimiter=",", names=True, dtype=None,
+                         encoding="utf-8")
+    common = rows[rows["phase"] == "common"]
+    assert len(common) == 10 and (common["stage"] == 0).all()
+    assert np.all(common["eps"] == 2.0)
+    # the split comes with the next band limit (1/30 Å^-1); the halves take the learning rate
+    # the second stage has in the schedule (halved once), not one reduced by the long stage
+    half1 = rows[rows["phase"] == "half1"]
+    assert half1["max_freq_invA"][0] == pytest.approx(1 / 30.0)
+    assert half1["eps"][0] == 1.0
 
 
 def test_half_map_fsc_stops_at_the_band_limit_the_halves_reached(tiny_set, tmp_path):

@@ -39,6 +39,19 @@ def test_schedules_follow_the_paper():
         2.0, 2.0, 1.0, 0.5, 0.25, 1 / 16]
 
 
+def test_a_long_first_stage_keeps_the_later_learning_rates():
+    p = SAGDParams(iterations_per_stage=30, eps_halving=30, first_stage_iterations=300)
+    assert band_limit_at(299, p)[1] == pytest.approx(0.025)
+    assert band_limit_at(300, p)[1] == pytest.approx(0.030)
+    assert band_limit_at(330, p)[1] == pytest.approx(0.035)
+    # the whole first stage at the first rate, then halving per stage as without it
+    assert [learning_rate_at(i, p) for i in (0, 299, 300, 329, 330, 360)] == [
+        2.0, 2.0, 1.0, 1.0, 0.5, 0.25]
+    # a solver continuing after it (a half-set) with the offset AbInitioRun gives it
+    half = SAGDParams(iterations_per_stage=30, eps_halving=30, iteration_offset=330 - 270)
+    assert learning_rate_at(0, half) == learning_rate_at(330, p)
+
+
 def test_gradient_memory_round_trip_and_band_limit():
     rng = np.random.default_rng(1)
     mem = GradientMemory(12)

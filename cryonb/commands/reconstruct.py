@@ -39,6 +39,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-res", type=float, default=None,
                         help="target resolution in Å (default: Nyquist of the working box)")
     parser.add_argument("--start-res", type=float, default=40.0, help="first band limit, Å (40)")
+    parser.add_argument("--first-stage-epochs", type=float, default=3.0,
+                        help="passes over the images at the first band limit (3)")
     parser.add_argument("--split-res", type=float, default=30.0,
                         help="band limit where the half-sets separate, Å (30)")
     parser.add_argument("--iterations", type=int, default=None, help="iteration budget")
@@ -113,6 +115,7 @@ def main(args: argparse.Namespace) -> int:
 
     config = AbInitioConfig(
         box_size=args.box, max_res_A=args.max_res, start_res_A=args.start_res,
+        first_stage_epochs=args.first_stage_epochs,
         split_res_A=args.split_res, iterations_per_stage=args.iterations_per_stage,
         batch_size=args.batch_size, max_iterations=args.iterations,
         time_limit_min=args.time_limit, seed=args.seed, particle_radius_A=args.particle_radius,
