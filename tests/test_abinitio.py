@@ -98,7 +98,7 @@ def test_abinitio_outputs_and_resume_equals_uninterrupted(tiny_set, tmp_path):
 def test_first_stage_lasts_its_epochs_and_the_halves_continue_its_schedule(tiny_set, tmp_path):
     # 240 images - 20 held out = 220 in 5 batches of 40 (+ remainder): 2 epochs = 10 iterations
     ds = load_simulation(tiny_set)
-    config = replace(CONFIG, first_stage_epochs=2.0, max_iterations=14)
+    config = replace(CONFIG, first_stage_epochs=2.0, max_iterations=30)
     AbInitioRun(ds, tmp_path, config, progress=False).run()
     rows = np.genfromtxt(tmp_path / "history.csv", delimiter=",", names=True, dtype=None,
                          encoding="utf-8")
@@ -110,6 +110,11 @@ def test_first_stage_lasts_its_epochs_and_the_halves_continue_its_schedule(tiny_
     half1 = rows[rows["phase"] == "half1"]
     assert half1["max_freq_invA"][0] == pytest.approx(1 / 30.0)
     assert half1["eps"][0] == 1.0
+    # an iteration budget keeps two thirds of itself for the march
+    capped = AbInitioRun(ds, tmp_path / "capped", replace(config, max_iterations=18),
+                         progress=False)
+    capped._prepare()
+    assert capped.params.first_stage_iterations == 6
 
 
 def test_half_map_fsc_stops_at_the_band_limit_the_halves_reached(tiny_set, tmp_path):
