@@ -109,9 +109,22 @@ def _time_v(cmd: list[str], cwd: Path, stdout: Path, stderr: Path,
     text = stderr.read_text(errors="replace")
     if rc != 0 and not timed_out:
         raise RuntimeError(f"{cmd[0]} failed ({rc}); see {stderr}:\n{text[-2000:]}")
-    match = re.search(r"Maximum resident set size \(kbytes\): (\d+)", text)
+    _, cpu, peak = _parse_time_v(text)
+    return wall, cpu, peak, timed_out
+
+
+def _parse_time_v(text: str) -> tuple[float, float, float]:
+    """(wall s, CPU s (user + sys), peak resident MB) from ``/usr/bin/time -v``'s report (NaN
+    where a line is missing)."""
+    clock = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): ([\d:.]+)", text)
+    wall = float("nan")
+    if clock is not None:
+        wall = 0.0
+        for part in clock.group(1).split(":"):
+            wall = 60.0 * wall + float(part)
     cpu = sum(float(m) for m in re.findall(r"(?:User|System) time \(seconds\): ([\d.]+)", text))
-    return wall, cpu, (int(match.group(1)) / 1024 if match else float("nan")), timed_out
+    match = re.search(r"Maximum resident set size \(kbytes\): (\d+)", text)
+    return wall, cpu, (int(match.group(1)) / 1024 if match else float("nan"))
 
 
 def _score(volume: np.ndarray, truth: np.ndarray) -> dict:
@@ -275,26 +288,17 @@ def _worker(spec_path: str) -> int:
 
 
 # ----------------------------------------------------------------------------- driver
-def reuse_relion(work: Path, schedule) -> dict:
+def reuse_relion(work: Path, schedule, truth: np.ndarray) -> dict:
     """Score a finished RELION run kept in ``work/relion`` (from a ``--keep`` run).
 
     Wall time, CPU time and peak memory come from its ``time.txt`` (``/usr/bin/time -v``); its
     start is the end of ``time.txt`` minus the wall time.
     """
-    from cryonb.io import read_mrc
-
     out = work / "relion"
-    text = (out / "time.txt").read_text()
-    clock = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): ([\d:.]+)", text)
-    if clock is None:
+    wall, cpu, peak = _parse_time_v((out / "time.txt").read_text())
+    if not np.isfinite(wall):
         raise RuntimeError(f"{out / 'time.txt'} has no wall time: RELION did not finish")
-    wall = 0.0
-    for part in clock.group(1).split(":"):
-        wall = 60.0 * wall + float(part)
-    cpu = sum(float(m) for m in re.findall(r"(?:User|System) time \(seconds\): ([\d.]+)", text))
-    peak = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", text).group(1)) / 1024
     start = (out / "time.txt").stat().st_mtime - wall
-    truth = np.asarray(read_mrc(work / "data" / "truth.mrc", mmap=False).data, dtype=np.float64)
     return score_relion(out, relion_command(out, schedule), start, wall, cpu, peak, False, truth)
 
 
@@ -307,10 +311,10 @@ def run(mode: str = "full", keep: bool = False, relion_timeout_min: float | None
     results = ROOT / "benchmarks" / "results"
     work = results / f"abinitio_{mode}"
     if reuse:
-        relion = reuse_relion(work, RELION_SCHEDULE[mode])
-        shutil.rmtree(work / "cryonb", ignore_errors=True)
         truth = np.asarray(read_mrc(work / "data" / "truth.mrc", mmap=False).data,
                            dtype=np.float64)
+        relion = reuse_relion(work, RELION_SCHEDULE[mode], truth)
+        shutil.rmtree(work / "cryonb", ignore_errors=True)
         return finish(mode, work, work / "data", truth, relion, keep=True)
     if work.exists():
         shutil.rmtree(work)

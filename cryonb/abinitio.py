@@ -36,7 +36,14 @@ from .fourier import lowpass
 from .importance import ImportanceSampler, ISSchedule
 from .objective import MarginalObjective, QuadratureOptions
 from .priors import ExponentialPrior
-from .sagd import GradientMemory, SAGDParams, SAGDSolver, band_limit_at, random_spheres
+from .sagd import (
+    GradientMemory,
+    SAGDParams,
+    SAGDSolver,
+    band_limit_at,
+    random_spheres,
+    schedule_iteration,
+)
 
 __all__ = ["AbInitioConfig", "AbInitioRun", "estimate_mass", "is_schedule_for"]
 
@@ -149,21 +156,17 @@ class AbInitioRun:
         target = nyquist if cfg.max_res_A is None else min(nyquist, 1.0 / cfg.max_res_A)
         start = min(1.0 / cfg.start_res_A, target)
         split = min(max(1.0 / cfg.split_res_A, start), target)
-        batch_size = min(cfg.batch_size, max(1, len(ds) // 4))
-        n_train = max(1, len(ds) - min(cfg.n_heldout, max(0, len(ds) - batch_size)))
-        batches_per_epoch = max(1, n_train // batch_size)
-        first = int(np.ceil(cfg.first_stage_epochs * batches_per_epoch))
-        if cfg.max_iterations is not None:  # leave room for the march in an iteration budget
-            first = min(first, cfg.max_iterations // 3)
-        first = max(cfg.iterations_per_stage, first)
-        self.params = SAGDParams(
-            batch_size=batch_size, n_heldout=cfg.n_heldout,
+        params = SAGDParams(
+            batch_size=min(cfg.batch_size, max(1, len(ds) // 4)), n_heldout=cfg.n_heldout,
             start_max_freq_invA=start, target_max_freq_invA=target,
             freq_step_invA=cfg.freq_step_invA, iterations_per_stage=cfg.iterations_per_stage,
-            first_stage_iterations=first,
             eps_halving=cfg.iterations_per_stage,
             max_iterations=cfg.max_iterations,
             time_limit_s=None if cfg.time_limit_min is None else 60.0 * cfg.time_limit_min)
+        first = int(np.ceil(cfg.first_stage_epochs * params.split_sizes(len(ds))[1]))
+        if cfg.max_iterations is not None:  # leave room for the march in an iteration budget
+            first = min(first, cfg.max_iterations // 3)
+        self.params = replace(params, first_stage_iterations=max(cfg.iterations_per_stage, first))
         self.split_freq = split
         self.mass = estimate_mass(ds)
         if not np.isfinite(self.mass) or self.mass <= 0:
@@ -208,17 +211,14 @@ class AbInitioRun:
             halves[self.rng.permutation(len(ids))[len(ids) // 2:]] = 1
         self.half_labels = halves
         self.halves = []
-        # the schedules (learning rate, importance sampling) go on as if the first stage had
-        # lasted iterations_per_stage iterations (see sagd.learning_rate_at)
-        per_stage = self.params.iterations_per_stage
-        extra = max(0, (self.params.first_stage_iterations or 0) - per_stage)
-        extra = min(extra, max(0, iteration - per_stage))
+        # the schedules (learning rate, importance sampling) go on where the common one is
+        offset = schedule_iteration(iteration, self.params)
         for h in (0, 1):
             sel = ids[halves == h]
             sub = self.work.subset(sel)
             params = replace(self.params, start_max_freq_invA=self.split_freq,
                              first_stage_iterations=None, max_iterations=None,
-                             time_limit_s=None, iteration_offset=iteration - extra)
+                             time_limit_s=None, iteration_offset=offset)
             solver = SAGDSolver(self._objective(sub, np.random.default_rng([self.config.seed,
                                                                              10 + h])),
                                 n_images=len(sub), box_size=self.work.box_size, params=params,

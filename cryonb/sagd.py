@@ -42,6 +42,7 @@ __all__ = [
     "band_limit_at",
     "learning_rate_at",
     "random_spheres",
+    "schedule_iteration",
 ]
 
 
@@ -154,6 +155,11 @@ class SAGDParams:
     positivity: bool = True
     iteration_offset: int = 0
 
+    def split_sizes(self, n_images: int) -> tuple[int, int]:
+        """``(held-out images, training batches)`` for a data set of ``n_images``."""
+        n_held = min(self.n_heldout, max(0, n_images - self.batch_size))
+        return n_held, max(1, (n_images - n_held) // self.batch_size)
+
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.n_heldout < 0:
             raise ValueError("batch_size must be >= 1 and n_heldout >= 0")
@@ -174,17 +180,24 @@ def band_limit_at(iteration: int, params: SAGDParams) -> tuple[int, float]:
     return int(stage), float(w)
 
 
-def learning_rate_at(iteration: int, params: SAGDParams) -> float:
-    """``eps = max(eps_min, 2^(1 - floor(t / eps_halving)))``, ``t`` = iteration + offset.
+def schedule_iteration(iteration: int, params: SAGDParams) -> int:
+    """``iteration + offset`` with a long first stage counted as ``iterations_per_stage``.
 
-    A first stage longer than ``iterations_per_stage`` counts as ``iterations_per_stage``
-    iterations (its whole length at the first rate when ``eps_halving`` equals
-    ``iterations_per_stage``), so lengthening it does not shrink the later steps.
+    The learning rate follows it, so lengthening the first stage (all of it at the first rate
+    when ``eps_halving`` equals ``iterations_per_stage``) does not shrink the later steps; a
+    solver that continues this one's work takes it as its ``iteration_offset``.
     """
     t = iteration + params.iteration_offset
     first, per_stage = params.first_stage_iterations, params.iterations_per_stage
     if first is not None and first > per_stage:
         t = t * per_stage // first if t < first else t - (first - per_stage)
+    return t
+
+
+def learning_rate_at(iteration: int, params: SAGDParams) -> float:
+    """``eps = max(eps_min, 2^(1 - floor(t / eps_halving)))``, ``t`` the
+    :func:`schedule_iteration`."""
+    t = schedule_iteration(iteration, params)
     return max(params.eps_min, 2.0 ** (1 - t // params.eps_halving))
 
 
@@ -356,11 +369,10 @@ class SAGDSolver:
         if self._state is not None:
             return
         p = self.params
-        n_held = min(p.n_heldout, max(0, self.n_images - p.batch_size))
+        n_held, n_batches = p.split_sizes(self.n_images)
         perm = self.rng.permutation(self.n_images)
         heldout = np.sort(perm[:n_held])
         train = perm[n_held:]
-        n_batches = max(1, len(train) // p.batch_size)
         batch_of = np.full(self.n_images, -1, dtype=np.int64)
         batch_of[train] = np.arange(len(train)) % n_batches
         if self.initial_volume is not None:
