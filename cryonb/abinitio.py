@@ -4,9 +4,21 @@ This module wires the library objects together and owns the run folder (outputs 
 checkpoints); :class:`cryonb.sagd.SAGDSolver` itself does no I/O.
 
 Gold standard: the solver runs on all training images until the band limit reaches
-``split_max_freq_invA`` (a common low-resolution start, as RELION does), then two solvers
-continue independently on two random halves of the data; the half-maps give the FSC
-(threshold 0.143) and their average is ``map.mrc``.
+``split_res_A`` (a common low-resolution start, as RELION does) or until the common phase has
+used ``common_fraction`` of the iteration or time budget, whichever comes first.  Then two
+solvers continue independently on two random halves of the data, each from the common map
+low-passed so that it has no content above the split band limit (the edge of the low-pass ends
+at it): above the split the halves share nothing.  The half-maps give the FSC 0.143
+(:func:`cryonb.metrics.half_map_resolution`), capped at the band limit both halves have
+*fitted* (run ``min_fitted_iterations`` iterations at); their average is ``map.mrc``.  When
+the budget ends before the halves have fitted their own data, there are no independent halves:
+``run.json`` then reports ``half_map_resolution_A_0143: null`` with the reason.  With a known
+truth the map is also scored against it at FSC 0.5 (aligned, both hands, same cap).
+
+Checkpoints hold only completed iterations: if an iteration raises, the last good checkpoint is
+left as it was.  A resume refuses options that change the job (budgets may change; the first
+stage keeps its saved length and the run says so).  One process at a time works in a run
+folder (:class:`cryonb.checkpoint.RunLock`).
 
 Run folder::
 
@@ -14,13 +26,14 @@ Run folder::
     particles.star                  RELION 3.1: MAP poses and origins, rlnRandomSubset 1/2
     history.csv                     per-iteration objective, held-out NLL, w, L, step, IS fraction
     fsc.png, fsc.csv                half-map FSC (and vs the truth when it is known)
-    run.json                        configuration, timing, resolutions
+    run.json                        configuration, timing, resolutions (see _finish)
     checkpoint.npz                  everything needed to resume (written atomically)
 """
 
 from __future__ import annotations
 
 import json
+import math
 import signal
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -30,10 +43,11 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import RunLock, load_checkpoint, save_checkpoint
 from .dataset import Dataset
 from .fourier import lowpass
 from .importance import ImportanceSampler, ISSchedule
+from .io.errors import input_error
 from .objective import MarginalObjective, QuadratureOptions
 from .priors import ExponentialPrior
 from .sagd import (
@@ -42,7 +56,6 @@ from .sagd import (
     SAGDSolver,
     band_limit_at,
     random_spheres,
-    schedule_iteration,
 )
 
 __all__ = ["AbInitioConfig", "AbInitioRun", "estimate_mass", "is_schedule_for"]
@@ -60,9 +73,15 @@ class AbInitioConfig:
     is decided there (measured on 10,000 GroEL images at 7.5 Å/px, correlation with the truth
     of the 40 Å map: 0.55 after 0.5 epoch, 0.63 / 0.68 / 0.76 after 1.5 / 2 / 3 epochs; a
     correct 40 Å map scores 0.79).  ``split_res_A``: where the two half-sets separate.  Budgets:
-    ``max_iterations`` and ``time_limit_min`` (per phase total).  ``checkpoint_every_s``: how
-    often to save.  ``prior_rate``: the exponential prior's rate per unit density (None: no
-    prior).
+    ``max_iterations`` and ``time_limit_min`` (the whole job; an iteration of the two halves
+    counts once).  ``common_fraction``: the common phase ends (the halves separate) after this
+    fraction of either budget at the latest, so that a short budget still leaves two thirds of
+    itself for independent halves; the first stage is capped the same way in an iteration
+    budget.  ``min_fitted_iterations``: a band limit counts as fitted (for the FSC cap and for
+    independent halves) only after this many iterations at it; 10 iterations of 100 images
+    let the new shell's coefficients move from zero to a third or more of their final size
+    (the learning rate is about 1 then).  ``checkpoint_every_s``: how often to save.
+    ``prior_rate``: the exponential prior's rate per unit density (None: no prior).
     """
 
     box_size: int | None = None
@@ -84,6 +103,18 @@ class AbInitioConfig:
     prior_rate: float | None = None
     checkpoint_every_s: float = 120.0
     gold_standard: bool = True
+    common_fraction: float = 1.0 / 3.0
+    min_fitted_iterations: int = 10
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.common_fraction < 1.0:
+            raise ValueError(f"common_fraction must lie in (0, 1), got {self.common_fraction}")
+        if self.min_fitted_iterations < 1:
+            raise ValueError("min_fitted_iterations must be >= 1")
+
+
+#: Options whose change between a run and its resume only changes the budget, not the job.
+BUDGET_OPTIONS = ("checkpoint_every_s", "time_limit_min", "max_iterations")
 
 
 def estimate_mass(dataset: Dataset, n_images: int = 500) -> float:
@@ -143,6 +174,8 @@ class AbInitioRun:
         self._last_checkpoint = 0.0
         self.phase = "common"
         self.halves: list[_Half] = []
+        self.messages: list[str] = []  # what the run wants the user to know (CLI prints)
+        self.split_max_freq_invA: float | None = None
 
     # ------------------------------------------------------------------ set-up
     def _prepare(self) -> None:
@@ -165,13 +198,16 @@ class AbInitioRun:
             time_limit_s=None if cfg.time_limit_min is None else 60.0 * cfg.time_limit_min)
         first = int(np.ceil(cfg.first_stage_epochs * params.split_sizes(len(ds))[1]))
         if cfg.max_iterations is not None:  # leave room for the march in an iteration budget
-            first = min(first, cfg.max_iterations // 3)
+            first = min(first, int(cfg.max_iterations * cfg.common_fraction))
         self.params = replace(params, first_stage_iterations=max(cfg.iterations_per_stage, first))
         self.split_freq = split
         self.mass = estimate_mass(ds)
         if not np.isfinite(self.mass) or self.mass <= 0:
-            raise ValueError("cannot estimate the particle's mass from the images' DC; check "
-                             "the contrast sign (Dataset.inverted())")
+            raise input_error(getattr(self.dataset, "source_path", None) or "particles",
+                              "the images' mean density is not positive, so the particles "
+                              "look dark (cannot estimate their mass)",
+                              "flip the contrast (cryonb reconstruct --invert, or "
+                              "Dataset.inverted())")
         self.rng = np.random.default_rng(cfg.seed)
         self.objective_rng = np.random.default_rng([cfg.seed, 1])
         radius = cfg.particle_radius_A or 0.4 * ds.box_size * ds.pixel_size_A
@@ -200,9 +236,16 @@ class AbInitioRun:
                           rng=self.rng, prior=self.prior, initial_volume=start,
                           callback=self._on_record, client=self.client)
 
-    def _split(self, volume: NDArray, iteration: int) -> None:
-        # the halves share only the common map's content below the split band limit
-        volume = np.maximum(lowpass(volume, self.work.pixel_size_A, self.split_freq), 0.0)
+    def _split(self, volume: NDArray, iteration: int, w_split: float) -> None:
+        """Start the two half-set solvers from the common map at band limit ``w_split``."""
+        # the halves share only the common map's content at or below the split band limit:
+        # the low-pass edge ends there (no positivity afterwards, which would put the shared
+        # map's content back above it); the halves' own steps apply positivity
+        psize, n = self.work.pixel_size_A, self.work.box_size
+        edge_px = 2.0
+        cut = max(w_split - edge_px / (n * psize), 0.5 / (n * psize))
+        volume = lowpass(volume, psize, cut, edge_px=edge_px)
+        self.split_max_freq_invA = w_split
         ids = np.arange(len(self.work))
         halves = (self.work.half_set if self.work.half_set is not None
                   and np.isin(self.work.half_set, (0, 1)).all() else None)
@@ -211,14 +254,15 @@ class AbInitioRun:
             halves[self.rng.permutation(len(ids))[len(ids) // 2:]] = 1
         self.half_labels = halves
         self.halves = []
-        # the schedules (learning rate, importance sampling) go on where the common one is
-        offset = schedule_iteration(iteration, self.params)
         for h in (0, 1):
             sel = ids[halves == h]
             sub = self.work.subset(sel)
-            params = replace(self.params, start_max_freq_invA=self.split_freq,
+            # the halves go on with the common run's clock: learning rate and importance
+            # sampling continue without a jump; their band limit starts at the split
+            params = replace(self.params, start_max_freq_invA=w_split,
                              first_stage_iterations=None, max_iterations=None,
-                             time_limit_s=None, iteration_offset=offset)
+                             time_limit_s=None, iteration_offset=iteration,
+                             clock_first_stage_iterations=self.params.first_stage_iterations)
             solver = SAGDSolver(self._objective(sub, np.random.default_rng([self.config.seed,
                                                                              10 + h])),
                                 n_images=len(sub), box_size=self.work.box_size, params=params,
@@ -264,13 +308,23 @@ class AbInitioRun:
             h.solver.request_stop()
 
     def run(self, *, resume: bool = False) -> dict[str, Any]:
-        """Run (or resume) to the end; returns the summary written to ``run.json``."""
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        """Run (or resume) to the end; returns the summary written to ``run.json``.
+
+        Raises :class:`cryonb.io.errors.CryonbInputError` when another process works in
+        ``out_dir`` or when a resume is asked with options that change the job.
+        """
+        with RunLock(self.out_dir):
+            return self._run(resume)
+
+    def _run(self, resume: bool) -> dict[str, Any]:
         self._prepare()
-        self.common = self._common_solver()
         ckpt = self.out_dir / "checkpoint.npz"
-        if resume and ckpt.exists():
-            self._load(load_checkpoint(ckpt))
+        state = load_checkpoint(ckpt) if resume and ckpt.exists() else None
+        if state is not None:
+            self._check_resume(state)
+        self.common = self._common_solver()
+        if state is not None:
+            self._load(state)
         old_handlers = {}
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
@@ -282,7 +336,9 @@ class AbInitioRun:
         finally:
             for sig, handler in old_handlers.items():
                 signal.signal(sig, handler)
-            self.checkpoint()
+        # reached only when the loop ended between iterations (finished, budget, or a stop
+        # request): an exception inside an iteration leaves the last good checkpoint alone
+        self.checkpoint()
         if self._stop and not self._finished():
             return {"status": "interrupted", "checkpoint": str(ckpt)}
         return self._finish()
@@ -302,6 +358,35 @@ class AbInitioRun:
             return f"reached max_iterations = {cfg.max_iterations}"
         return ""
 
+    def _common_budget_used(self) -> bool:
+        """The common phase has had its share (``common_fraction``) of a budget."""
+        cfg, frac = self.config, self.config.common_fraction
+        if (cfg.time_limit_min is not None
+                and self.common.state.elapsed_s >= frac * 60.0 * cfg.time_limit_min):
+            return True
+        return (cfg.max_iterations is not None
+                and self.common.iteration >= max(1, int(frac * cfg.max_iterations)))
+
+    def _split_now(self, forced: bool) -> None:
+        """End the common phase: at the split band limit, or (``forced``, the budget decided)
+        at the band limit the common map was last fitted at."""
+        it = self.common.iteration
+        w = self.split_freq
+        if forced:
+            w = min(w, band_limit_at(max(it - 1, 0), self.common.params)[1])
+        self._split(self.common.volume, it, w)
+        self.phase = "halves"
+
+    def fitted_band_limit_invA(self) -> float | None:
+        """The band limit (1/Å) the current map has been fitted to: the highest one its
+        solver(s) ran ``min_fitted_iterations`` iterations at (both halves after the split);
+        None before that."""
+        n = self.config.min_fitted_iterations
+        if self.phase == "common" or not self.halves:
+            return self.common.fitted_band_limit_invA(n)
+        limits = [h.solver.fitted_band_limit_invA(n) for h in self.halves]
+        return None if any(w is None for w in limits) else float(min(limits))
+
     def _loop(self) -> None:
         from tqdm.auto import tqdm
 
@@ -320,15 +405,15 @@ class AbInitioRun:
                     h.solver.state.stop_reason = h.solver.state.stop_reason or reason
                 break
             if reason:  # still in the common phase: split now and stop both halves at once
-                self._split(self.common.volume, self.common.iteration)
-                self.phase = "halves"
+                self._split_now(forced=True)
                 continue
             if self.phase == "common":
                 self.common.step()
                 _, w = band_limit_at(self.common.iteration, self.common.params)
                 if w >= self.split_freq - 1e-12 or self.common.done:
-                    self._split(self.common.volume, self.common.iteration)
-                    self.phase = "halves"
+                    self._split_now(forced=False)
+                elif self._common_budget_used():
+                    self._split_now(forced=True)
             else:
                 for h in self.halves:
                     if not h.solver.done:
@@ -348,35 +433,65 @@ class AbInitioRun:
     def checkpoint(self) -> Path:
         """Save the full state (atomic)."""
         state: dict[str, Any] = {"phase": self.phase, "common": self.common.state_dict(),
-                                 "config": json.dumps(asdict(self.config))}
+                                 "config": json.dumps(asdict(self.config)),
+                                 "first_stage_iterations": int(self.params.first_stage_iterations
+                                                               or 0)}
         if self.phase == "halves":
             state["half_labels"] = self.half_labels
             state["split_iteration"] = self._split_iteration
+            state["split_max_freq_invA"] = float(self.split_max_freq_invA or 0.0)
             for h in self.halves:
                 state[h.name] = h.solver.state_dict()
         return save_checkpoint(self.out_dir / "checkpoint.npz", state)
 
-    def _load(self, state: dict[str, Any]) -> None:
+    def _check_resume(self, state: dict[str, Any]) -> None:
+        """Refuse a resume whose options change the job; keep the saved schedule when only the
+        budget changed (and say so in :attr:`messages`)."""
         saved = json.loads(str(state["config"]))
         current = json.loads(json.dumps(asdict(self.config)))
-        budget = ("checkpoint_every_s", "time_limit_min", "max_iterations")  # may change
-        differ = sorted(k for k in current if k not in budget and saved.get(k) != current[k])
+        differ = sorted(k for k in current
+                        if k not in BUDGET_OPTIONS and saved.get(k) != current[k])
         if differ:
-            raise ValueError(f"{self.out_dir}/checkpoint.npz was made with other settings "
-                             f"({', '.join(f'{k}={saved.get(k)}' for k in differ)}); resume "
-                             "with the same options (budgets may change) or use another --out")
+            raise input_error(self.out_dir / "checkpoint.npz", "it was made with other "
+                              "options: " + ", ".join(f"{k} = {saved.get(k)} (now {current[k]})"
+                                                      for k in differ),
+                              "resume with the same options (only --iterations, --time-limit "
+                              "and --checkpoint-min may change) or use another --out")
+        first = int(state.get("first_stage_iterations", 0)) or None
+        if first is not None and first != self.params.first_stage_iterations:
+            self.params = replace(self.params, first_stage_iterations=first)
+        changed = [k for k in BUDGET_OPTIONS if saved.get(k) != current[k]
+                   and k != "checkpoint_every_s"]
+        if changed:
+            self.messages.append(
+                "resuming with a new budget (" + ", ".join(f"{k} {saved.get(k)} -> {current[k]}"
+                                                           for k in changed)
+                + f"); the schedule is the saved one: first stage {first} iterations")
+
+    def _load(self, state: dict[str, Any]) -> None:
         self.common.load_state_dict(state["common"])
         self.phase = str(state["phase"])
         if self.phase == "halves":
             self.work = replace(self.work, half_set=np.asarray(state["half_labels"], np.int8))
-            self._split(self.common.volume, int(state["split_iteration"]))
+            # the common map is the one the halves started from (it takes no step after it)
+            self._split(self.common.volume, int(state["split_iteration"]),
+                        float(state["split_max_freq_invA"]))
             for h in self.halves:
                 h.solver.load_state_dict(state[h.name])
 
     # ------------------------------------------------------------------ results
     def _finish(self) -> dict[str, Any]:
+        """Write the maps, FSC, history, poses and ``run.json``; return the summary.
+
+        ``run.json`` (units in the names): ``half_map_resolution_A_0143`` (gold standard, FSC
+        0.143 capped at the fitted band limit; the crossing or, when it never crosses, the
+        limit it is better than — see ``half_map_resolution.crossed``; null when there are no
+        independent halves, with ``half_map_null_reason``), ``final_max_freq_invA`` (the fitted
+        band limit, 1/Å), ``split_max_freq_invA``, and with a known truth
+        ``truth_resolution_A_05`` (FSC 0.5 against the truth after alignment, same cap).
+        """
         from .io import write_mrc, write_particles_star
-        from .metrics import fsc
+        from .metrics import half_map_resolution, score_against_reference
         from .plotting import fsc_figure
 
         ds, out = self.work, self.out_dir
@@ -386,23 +501,33 @@ class AbInitioRun:
         write_mrc(out / "half2.mrc", maps[1], psize)
         final = (maps[0] + maps[1]) / 2
         write_mrc(out / "map.mrc", final, psize)
-        # above the band limit the halves reached, their content is made by positivity from
-        # what lies below it (no data were fitted there): the FSC stops at that limit
-        w_final = self.final_band_limit()
-        curves = [fsc(maps[0], maps[1], psize, max_freq_invA=w_final)]
-        labels = ["half-maps"]
+        # above the band limit the halves have fitted, their content is made by positivity
+        # from what lies below it (no data were fitted there): every FSC stops at that limit
+        fitted = self.fitted_band_limit_invA()
+        n_min = self.config.min_fitted_iterations
+        cap = fitted if fitted is not None else (self.common.fitted_band_limit_invA(n_min)
+                                                 or self.split_max_freq_invA)
+        resolution, curve = half_map_resolution(maps[0], maps[1], psize, max_freq_invA=cap)
+        reason = self._no_gold_standard(fitted, resolution)
+        curves = [curve]
+        labels = ["half-maps" if reason is None else "half-maps (not independent)"]
         summary: dict[str, Any] = {
             "status": "done", "n_particles": len(ds), "box_size": ds.box_size,
-            "pixel_size_A": psize, "half_map_resolution_A_0143": curves[0].resolution_A(0.143),
-            "final_max_freq_invA": w_final,
+            "pixel_size_A": psize,
+            "half_map_resolution_A_0143": None if reason else _finite(resolution.value_A),
+            "half_map_resolution": None if reason else resolution.to_dict(),
+            "half_map_null_reason": reason,
+            "final_max_freq_invA": fitted,
+            "fitted_band_limit_A": None if fitted is None else 1.0 / fitted,
+            "split_max_freq_invA": self.split_max_freq_invA,
+            "last_max_freq_invA": min(_last_band_limit(h.solver) for h in self.halves),
             "stop_reasons": [h.solver.stop_reason for h in self.halves],
             "iterations": {"common": self.common.iteration,
                            **{h.name: h.solver.iteration for h in self.halves}},
-            "wall_time_s": self.common.state.elapsed_s + sum(h.solver.state.elapsed_s
-                                                           for h in self.halves),
+            "wall_time_s": self._elapsed_s(),
+            "messages": list(self.messages),
         }
         if ds.truth is not None and ds.truth.volume is not None:
-            from .alignment import align_maps, apply_alignment
             from .fourier import fourier_crop, fourier_pad
 
             truth = np.asarray(ds.truth.volume, dtype=np.float64)
@@ -410,14 +535,15 @@ class AbInitioRun:
                 truth = fourier_crop(truth, ds.box_size, ndim=3)
             elif truth.shape[0] < ds.box_size:
                 truth = fourier_pad(truth, ds.box_size, ndim=3)
-            alignment = align_maps(final, truth, psize)
-            aligned = apply_alignment(final, alignment, psize)
-            write_mrc(out / "map_aligned_to_truth.mrc", aligned, psize)
-            curves.append(fsc(aligned, truth, psize))
+            score = score_against_reference(final, truth, psize, max_freq_invA=cap)
+            write_mrc(out / "map_aligned_to_truth.mrc", score.aligned.astype(np.float32), psize)
+            curves.append(score.curve)
             labels.append("map vs truth")
-            summary.update({"truth_resolution_A_05": curves[1].resolution_A(0.5),
-                            "truth_correlation": alignment.correlation,
-                            "hand_flipped": alignment.flipped})
+            summary.update({"truth_resolution_A_05": _finite(score.resolution.value_A),
+                            "truth_resolution": score.resolution.to_dict(),
+                            "truth_resolution_0143": score.resolution_0143.to_dict(),
+                            "truth_correlation": score.correlation,
+                            "hand_flipped": score.flipped})
         fsc_figure(curves, labels).savefig(out / "fsc.png", dpi=90)
         np.savetxt(out / "fsc.csv", np.stack([curves[0].freq_invA] + [c.fsc for c in curves], 1),
                    delimiter=",", header="freq_invA," + ",".join(labels), comments="")
@@ -433,14 +559,20 @@ class AbInitioRun:
                                                  indent=2, default=float) + "\n")
         return summary
 
-    def final_band_limit(self) -> float:
-        """The band limit (1/Å) both half-set solvers have reached: the lower of their last."""
-        limits = []
-        for h in self.halves:
-            records = h.solver.state.records
-            limits.append(records[-1]["max_freq_invA"] if records
-                          else h.solver.params.start_max_freq_invA)
-        return float(min(limits))
+    def _no_gold_standard(self, fitted: float | None, resolution: Any) -> str | None:
+        """Why the half-maps give no gold-standard resolution (None: they do)."""
+        n_min = self.config.min_fitted_iterations
+        steps = min(h.solver.iteration for h in self.halves)
+        if fitted is None or steps < n_min:
+            return (f"the budget ended {steps} iterations after the split; a half needs "
+                    f"{n_min} at a band limit to have fitted its own data, so the two maps "
+                    "are still the common map and not independent half-maps")
+        split = self.split_max_freq_invA
+        if resolution.crossed and split and resolution.value_A > 1.0 / split + 1e-6:
+            return (f"the half-map FSC falls to 0.143 at {resolution.value_A:.1f} Å, coarser "
+                    f"than the split at {1.0 / split:.1f} Å, where the halves still share "
+                    "the common start: no independent estimate")
+        return None
 
     def _write_history(self, path: Path) -> None:
         rows = []
@@ -483,3 +615,14 @@ class AbInitioRun:
         if hasattr(src, "index_in_stack"):
             return src.index_in_stack[self.dataset._selection]
         return np.arange(len(self.dataset))
+
+
+def _finite(value: float) -> float | None:
+    """``value``, or None (JSON null) when it is not finite."""
+    return float(value) if math.isfinite(value) else None
+
+
+def _last_band_limit(solver: SAGDSolver) -> float:
+    """The band limit (1/Å) of ``solver``'s last iteration (its start before any)."""
+    records = solver.state.records
+    return float(records[-1]["max_freq_invA"] if records else solver.params.start_max_freq_invA)

@@ -6,6 +6,8 @@
   ``resolution_A`` and its mean in a central disc compared with the mean in an outer ring.
   White particles give positive scores; mostly negative scores mean dark particles:
   use :meth:`cryonb.dataset.Dataset.inverted`.
+* :func:`check_contrast`: raise a :class:`~cryonb.io.errors.CryonbInputError` when the scores
+  show dark particles beyond reasonable doubt (a one-sided sign test, see there).
 * :func:`box_for_resolution`: the smallest Fourier-cropped box whose Nyquist frequency still
   reaches a target resolution (``Dataset.fourier_cropped``).
 """
@@ -13,6 +15,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 from numpy.typing import NDArray
@@ -21,7 +24,7 @@ from .ctf import evaluate_ctf
 from .fourier import fft2_centered, fourier_indices, frequency_grid_2d, ifft2_centered
 from .viz import low_pass
 
-__all__ = ["box_for_resolution", "contrast_scores"]
+__all__ = ["box_for_resolution", "check_contrast", "contrast_scores", "dark_p_value"]
 
 
 def contrast_scores(dataset, *, resolution_A: float = 25.0, n_images: int = 200,
@@ -59,6 +62,77 @@ def contrast_scores(dataset, *, resolution_A: float = 25.0, n_images: int = 200,
     spread = smooth.std(axis=(1, 2))
     spread[spread == 0] = 1.0
     return (smooth[:, disc].mean(axis=1) - smooth[:, ring].mean(axis=1)) / spread
+
+
+def dark_p_value(scores: NDArray) -> float:
+    """One-sided sign-test p-value of "the particles are not dark".
+
+    Under the null hypothesis the contrast scores are as likely positive as negative (no
+    particle signal: pure noise, a symmetric distribution about 0); white particles make
+    positive scores more likely still.  The p-value is ``P(X >= n_neg)`` for
+    ``X ~ Binomial(k, 1/2)``, ``k`` the number of non-zero scores and ``n_neg`` the number of
+    negative ones.  Returns 1.0 for no scores.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    scores = scores[np.isfinite(scores) & (scores != 0)]
+    k = int(scores.size)
+    n_neg = int((scores < 0).sum())
+    if k == 0:
+        return 1.0
+    return math.fsum(math.comb(k, j) for j in range(n_neg, k + 1)) / 2.0**k
+
+
+def check_contrast(dataset, path: str | os.PathLike, *, fix: str | None = None,
+                   p_threshold: float = 0.01, n_images: int = 200) -> NDArray | None:
+    """Raise when a data set's particles are dark (inverted contrast); cryonb expects white.
+
+    Rule: the particles are called dark when the :func:`contrast_scores` of up to ``n_images``
+    images (evenly spaced) are negative significantly more often than positive, a one-sided
+    sign test (:func:`dark_p_value`) below ``p_threshold`` (default 0.01).  This implies a
+    negative median score, and it never fires on a set without clear signal (pure noise,
+    ambiguous contrast), whose scores are negative about half the time: with the default
+    threshold 7 of 7 images, 16 of 20 or 117 of 200 must score negative.  A data set whose
+    scores are mostly positive or undecided passes.
+
+    Parameters
+    ----------
+    dataset : cryonb.dataset.Dataset
+        Images as they will be reconstructed (``data_sign`` and ``--invert`` applied).  A data
+        set without CTFs is not checked (:func:`contrast_scores` needs them).
+    path : path-like
+        The particle file, named in the error.
+    fix : str, optional
+        The advice in the error (default: flip the contrast with ``--invert`` /
+        ``Dataset.inverted()``).
+    p_threshold : float
+        Significance level of the sign test.
+    n_images : int
+        Images scored.
+
+    Returns
+    -------
+    (k,) float64 or None
+        The scores (None when the data set has no CTFs).
+
+    Raises
+    ------
+    CryonbInputError
+        When the particles are dark, with the median score and the count of negative ones.
+    """
+    from .io.errors import input_error
+
+    if dataset.ctf is None:
+        return None
+    scores = contrast_scores(dataset, n_images=n_images)
+    p_value = dark_p_value(scores)
+    if p_value < p_threshold:
+        n_neg = int((scores < 0).sum())
+        raise input_error(
+            path, f"the particles look dark (inverted contrast): {n_neg} of {scores.size} "
+            f"images score negative, median contrast score {np.median(scores):.2f} (sign-test "
+            f"p = {p_value:.1e}); cryonb expects white particles (RELION's convention)",
+            fix or "pass --invert to flip the contrast (Dataset.inverted() in Python)")
+    return scores
 
 
 def box_for_resolution(box_size: int, pixel_size_A: float, target_resolution_A: float) -> int:

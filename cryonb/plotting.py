@@ -114,11 +114,12 @@ def ctf_figure(ctf: CTFParams, box_size: int, pixel_size_A: float) -> Figure:
 def fsc_figure(curves: Sequence, labels: Sequence[str], *,
                thresholds: Sequence[float] = (0.143, 0.5)) -> Figure:
     """FSC curves (:class:`cryonb.metrics.FSCResult`) against spatial frequency, with thresholds
-    and the resolution (Å) at each first crossing in the legend."""
+    and the resolution at each threshold in the legend (``<X Å``: the curve stays above it up
+    to its band limit, X)."""
     fig = Figure(figsize=(6.0, 3.4), layout="constrained")
     ax = fig.subplots()
     for curve, label in zip(curves, labels, strict=True):
-        res = ", ".join(f"{curve.resolution_A(t):.1f} Å@{t:g}" for t in thresholds)
+        res = ", ".join(f"{curve.resolution(t).label}@{t:g}" for t in thresholds)
         ax.plot(curve.freq_invA[1:], curve.fsc[1:], lw=1.2, label=f"{label} ({res})")
     for t in thresholds:
         ax.axhline(t, color="0.6", lw=0.6, ls="--")

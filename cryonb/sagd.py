@@ -70,7 +70,13 @@ class Evaluation:
 
 
 class Objective(Protocol):
-    """The data term the solver minimises (see :class:`cryonb.objective.MarginalObjective`)."""
+    """The data term the solver minimises (see :class:`cryonb.objective.MarginalObjective`).
+
+    ``pixel_size_A``: the images' pixel size (Å), with which the solver turns band limits in
+    1/Å into Fourier pixels.
+    """
+
+    pixel_size_A: float
 
     def set_band_limit(self, max_freq_invA: float) -> None:
         """Work at band limit ``max_freq_invA`` from now on (quadrature follows)."""
@@ -129,9 +135,14 @@ class SAGDParams:
     positivity : bool
         Truncate negative densities after each step (paper: yes).
     iteration_offset : int
-        Added to the iteration in the learning-rate schedule and in the iteration passed to the
-        objective (importance-sampling schedules), for a solver that continues another's work,
-        e.g. a half-set after the common start.  The band-limit schedule is not offset.
+        Iterations of the job before this solver, for a solver that continues another's work
+        (a half-set after the common start): the job's clock is ``iteration +
+        iteration_offset``.  The objective (importance-sampling schedules) gets the clock, the
+        learning rate :func:`schedule_iteration` of it; the band-limit schedule is not offset.
+    clock_first_stage_iterations : int or None
+        The job's first-stage length for :func:`schedule_iteration` (None:
+        ``first_stage_iterations``): a half-set continues the common run's clock, whose long
+        first stage it does not repeat in its own band-limit schedule.
     """
 
     batch_size: int = 200
@@ -154,6 +165,7 @@ class SAGDParams:
     time_limit_s: float | None = None
     positivity: bool = True
     iteration_offset: int = 0
+    clock_first_stage_iterations: int | None = None
 
     def split_sizes(self, n_images: int) -> tuple[int, int]:
         """``(held-out images, training batches)`` for a data set of ``n_images``."""
@@ -181,14 +193,19 @@ def band_limit_at(iteration: int, params: SAGDParams) -> tuple[int, float]:
 
 
 def schedule_iteration(iteration: int, params: SAGDParams) -> int:
-    """``iteration + offset`` with a long first stage counted as ``iterations_per_stage``.
+    """The job's clock ``iteration + iteration_offset`` with a long first stage counted as
+    ``iterations_per_stage``.
 
     The learning rate follows it, so lengthening the first stage (all of it at the first rate
-    when ``eps_halving`` equals ``iterations_per_stage``) does not shrink the later steps; a
-    solver that continues this one's work takes it as its ``iteration_offset``.
+    when ``eps_halving`` equals ``iterations_per_stage``) does not shrink the later steps.  A
+    solver that continues another's work takes the other's iteration count as its
+    ``iteration_offset`` and its first-stage length as ``clock_first_stage_iterations``, so
+    the schedule goes on without a jump.
     """
     t = iteration + params.iteration_offset
-    first, per_stage = params.first_stage_iterations, params.iterations_per_stage
+    first = (params.clock_first_stage_iterations if params.clock_first_stage_iterations
+             is not None else params.first_stage_iterations)
+    per_stage = params.iterations_per_stage
     if first is not None and first > per_stage:
         t = t * per_stage // first if t < first else t - (first - per_stage)
     return t
@@ -260,6 +277,17 @@ class GradientMemory:
         count = int(np.searchsorted(self._sorted_radius, radius_px, side="right"))
         self._stored[batch] = np.fft.rfftn(grad).ravel()[self._order[:count]].astype(np.complex64)
 
+    def entry(self, batch: int) -> NDArray | None:
+        """Batch ``batch``'s stored coefficients (None if none): for :meth:`restore`."""
+        return self._stored.get(batch)
+
+    def restore(self, batch: int, entry: NDArray | None) -> None:
+        """Put back what :meth:`entry` returned (undo an :meth:`update`)."""
+        if entry is None:
+            self._stored.pop(batch, None)
+        else:
+            self._stored[batch] = entry
+
     def mean(self) -> NDArray:
         """Mean of the stored gradients in real space ``(N, N, N)`` (zeros if none)."""
         if not self._stored:
@@ -290,8 +318,8 @@ class GradientMemory:
 
 
 # --------------------------------------------------------------------------- the solver
-_RECORD_FIELDS = ("iteration", "stage", "max_freq_invA", "objective", "heldout_nll", "L",
-                  "eps", "step_size", "fraction_evaluated", "wall_time_s", "batch")
+_RECORD_FIELDS = ("iteration", "clock", "stage", "max_freq_invA", "objective", "heldout_nll",
+                  "L", "eps", "step_size", "fraction_evaluated", "wall_time_s", "batch")
 
 
 @dataclass
@@ -400,6 +428,12 @@ class SAGDSolver:
         return self.state.iteration
 
     @property
+    def clock(self) -> int:
+        """The job's iteration clock, ``iteration + params.iteration_offset``: what the objective
+        (importance-sampling schedules) is given."""
+        return self.state.iteration + self.params.iteration_offset
+
+    @property
     def n_batches(self) -> int:
         return int(self.state.order.size)
 
@@ -449,8 +483,7 @@ class SAGDSolver:
                         reuse: Any = None, gradient: bool = True) -> tuple[float, NDArray | None,
                                                                         Evaluation]:
         ev = self.objective.evaluate(volume, indices, gradient=gradient, record=record,
-                                     iteration=self.state.iteration + self.params.iteration_offset,
-                                     reuse=reuse)
+                                     iteration=self.clock, reuse=reuse)
         n = len(indices)
         value = float(ev.nll.mean()) + self.prior.log_prob(volume) * -1.0 / self.n_train
         grad = None
@@ -459,12 +492,14 @@ class SAGDSolver:
         return value, grad, ev
 
     def _line_search(self, volume: NDArray, indices: NDArray, value: float, grad: NDArray,
-                     token: Any) -> float:
-        """Smallest L (largest step) on a doubling grid with the sufficient-decrease test."""
+                     token: Any, L: float | None = None) -> float:
+        """Smallest L (largest step) on a doubling grid from ``L / 2`` (default: the current L)
+        with the sufficient-decrease test ``f(V - g/L) <= f(V) - ||g||^2 / (2L)``."""
+        L = self.state.L if L is None else L
         g2 = float(np.vdot(grad, grad))
         if g2 == 0:
-            return self.state.L
-        trial = self.state.L / 2.0
+            return L
+        trial = L / 2.0
         for _ in range(self.params.linesearch_max_steps):
             candidate = volume - grad / trial
             new_value, _, _ = self._value_and_grad(candidate, indices, record=False, reuse=token,
@@ -481,50 +516,72 @@ class SAGDSolver:
         # held-out particles keep their own importance-sampling state (record=True): it
         # learns only where their poses are, never the map
         ev = self.objective.evaluate(volume, held, gradient=False, record=True,
-                                     iteration=self.state.iteration + self.params.iteration_offset)
+                                     iteration=self.clock)
         return float(ev.nll.mean())
 
     # ------------------------------------------------------------------ one iteration
     def step(self) -> dict[str, float]:
-        """Run one SAGD iteration and return its record."""
+        """Run one SAGD iteration and return its record.
+
+        The solver's state (map, stored gradients, L, stage, iteration, batch order and random
+        generator) changes only when the iteration completes: if anything inside raises, it is
+        left as it was before the iteration (the objective's own per-particle sampling state
+        may have moved on; a checkpoint taken before the iteration restores it too).
+        """
         st = self.state
         p = self.params
         t0 = time.perf_counter()
         it = st.iteration
+        rng_state = self.rng.bit_generator.state
         stage, w = band_limit_at(it, p)
         stage_changed = stage != st.stage
         if stage_changed:
             self.objective.set_band_limit(w)
+        order = st.order
+        if it > 0 and it % self.n_batches == 0:  # new epoch: new batch order
+            order = self.rng.permutation(self.n_batches)
+        batch = int(order[it % self.n_batches])
+        indices = self.batch_indices(batch)
+        saved_entry = self.memory.entry(batch)
+        try:
+            self._prefetch_next(it, order)
+            value, grad, ev = self._value_and_grad(st.volume, indices, record=True)
+            assert grad is not None and ev.grad is not None
+            L = st.L
+            if stage_changed or it % p.linesearch_every == 0:
+                L = self._line_search(st.volume, indices, value, grad, ev.token, L)
+            # the memory holds the likelihood part only; the prior's gradient is exact per step
+            radius_px = w * self.box_size * self.objective.pixel_size_A + 2.0
+            self.memory.update(batch, ev.grad / len(indices), radius_px)
+            eps = learning_rate_at(it, p)
+            direction = self.memory.mean() - np.asarray(self.prior.grad(st.volume)) / self.n_train
+            volume = st.volume - (eps / L) * direction
+            if p.positivity:
+                np.maximum(volume, 0.0, out=volume)
+            heldout = math.nan
+            if stage_changed or it % p.heldout_every == 0:
+                heldout = self._heldout_nll(volume)
+        except BaseException:
+            self.memory.restore(batch, saved_entry)
+            self.rng.bit_generator.state = rng_state
+            if stage_changed and st.stage >= 0:
+                self.objective.set_band_limit(band_limit_at(max(it - 1, 0), p)[1])
+            raise
+        # commit
+        if stage_changed:
             st.stage = stage
             st.best_heldout, st.evaluations_without_gain = math.inf, 0
-        if it > 0 and it % self.n_batches == 0:  # new epoch: new batch order
-            st.order = self.rng.permutation(self.n_batches)
-        batch = int(st.order[it % self.n_batches])
-        indices = self.batch_indices(batch)
-        self._prefetch_next(it)
-        value, grad, ev = self._value_and_grad(st.volume, indices, record=True)
-        assert grad is not None and ev.grad is not None
-        if stage_changed or it % p.linesearch_every == 0:
-            st.L = self._line_search(st.volume, indices, value, grad, ev.token)
-        # the memory holds the likelihood part only; the prior's gradient is exact at each step
-        radius_px = w * self.box_size * self._pixel_size_guess() + 2.0
-        self.memory.update(batch, ev.grad / len(indices), radius_px)
-        eps = learning_rate_at(it, p)
-        direction = self.memory.mean() - np.asarray(self.prior.grad(st.volume)) / self.n_train
-        st.volume = st.volume - (eps / st.L) * direction
-        if p.positivity:
-            np.maximum(st.volume, 0.0, out=st.volume)
-        heldout = math.nan
-        if stage_changed or it % p.heldout_every == 0:
-            heldout = self._heldout_nll(st.volume)
+        if not math.isnan(heldout):
             if heldout < st.best_heldout * (1 - p.heldout_rel_tol * np.sign(st.best_heldout)):
                 st.best_heldout, st.evaluations_without_gain = heldout, 0
             else:
                 st.evaluations_without_gain += 1
+        st.order, st.L, st.volume = order, L, volume
         st.iteration = it + 1
         st.elapsed_s += time.perf_counter() - t0
-        record = {"iteration": it, "stage": stage, "max_freq_invA": w, "objective": value,
-                  "heldout_nll": heldout, "L": st.L, "eps": eps, "step_size": eps / st.L,
+        record = {"iteration": it, "clock": it + p.iteration_offset, "stage": stage,
+                  "max_freq_invA": w, "objective": value, "heldout_nll": heldout, "L": st.L,
+                  "eps": eps, "step_size": eps / st.L,
                   "fraction_evaluated": ev.fraction_evaluated, "wall_time_s": st.elapsed_s,
                   "batch": batch}
         st.records.append(record)
@@ -533,7 +590,21 @@ class SAGDSolver:
             self.callback(self, record)
         return record
 
-    def _prefetch_next(self, it: int) -> None:
+    def fitted_band_limit_invA(self, min_iterations: int) -> float | None:
+        """The highest band limit (1/Å) this solver has run at least ``min_iterations``
+        iterations at (None if none): what its map has been fitted to.
+
+        A band limit entered in the last few iterations has not shaped the map yet; counting it
+        would let an FSC claim frequencies no data were fitted at.
+        """
+        counts: dict[float, int] = {}
+        for r in self.state.records:
+            key = round(float(r["max_freq_invA"]), 12)
+            counts[key] = counts.get(key, 0) + 1
+        fitted = [w for w, n in counts.items() if n >= min_iterations]
+        return max(fitted) if fitted else None
+
+    def _prefetch_next(self, it: int, order: NDArray) -> None:
         """Let the objective read the next iteration's batch while this one is computed.
 
         Objectives without a ``prefetch(indices)`` method are left alone.  At the end of an
@@ -541,10 +612,7 @@ class SAGDSolver:
         """
         prefetch = getattr(self.objective, "prefetch", None)
         if prefetch is not None and (it + 1) % self.n_batches != 0:
-            prefetch(self.batch_indices(int(self.state.order[(it + 1) % self.n_batches])))
-
-    def _pixel_size_guess(self) -> float:
-        return float(getattr(self.objective, "pixel_size_A", 1.0))
+            prefetch(self.batch_indices(int(order[(it + 1) % self.n_batches])))
 
     def _check_stop(self, stage: int, w: float) -> None:
         st, p = self.state, self.params

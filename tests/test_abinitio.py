@@ -1,5 +1,6 @@
 """Ab initio end to end on a tiny problem: recovery, outputs, resume (also after SIGKILL)."""
 
+import json
 import os
 import shutil
 import signal
@@ -14,7 +15,9 @@ import pytest
 from cryonb.abinitio import AbInitioConfig, AbInitioRun, estimate_mass
 from cryonb.checkpoint import load_checkpoint
 from cryonb.cli import main as cli_main
+from cryonb.commands.reconstruct import result_lines
 from cryonb.dataset import Dataset
+from cryonb.fourier import radial_index
 from cryonb.io import read_mrc
 from cryonb.metrics import fsc
 from cryonb.synthetic.particles import SimulationParams, load_simulation, simulate_to_files
@@ -46,7 +49,7 @@ CONFIG = AbInitioConfig(start_res_A=40.0, split_res_A=30.0, freq_step_invA=1 / 1
                         first_stage_epochs=1.0, iterations_per_stage=4, batch_size=40,
                         n_heldout=20,
                         particle_radius_A=50.0, shift_sigma_A=5.0, shift_extent_A=10.0,
-                        max_iterations=16, checkpoint_every_s=3600.0)
+                        max_iterations=16, checkpoint_every_s=3600.0, min_fitted_iterations=3)
 
 
 def test_mass_estimate_matches_the_truth(tiny_set):
@@ -126,12 +129,176 @@ def test_half_map_fsc_stops_at_the_band_limit_the_halves_reached(tiny_set, tmp_p
     w_final = summary["final_max_freq_invA"]
     assert w_final == pytest.approx(1 / 30.0)  # below Nyquist, 1/24
     assert summary["half_map_resolution_A_0143"] >= 1 / w_final - 1e-6
+    half = summary["half_map_resolution"]
+    assert half["limit_A"] == pytest.approx(30.0)
+    # a value at the cap is a lower bound ("better than"), never a crossing
+    assert half["crossed"] or half["value_A"] == pytest.approx(BOX * PSIZE / 6)  # shell 6
     unlimited = fsc(read_mrc(tmp_path / "half1.mrc").data, read_mrc(tmp_path / "half2.mrc").data,
                     PSIZE)
     beyond = unlimited.freq_invA > w_final + 1e-9
     assert beyond.any() and np.isfinite(unlimited.fsc[beyond]).all()
     written = np.loadtxt(tmp_path / "fsc.csv", delimiter=",", skiprows=1)
     assert np.isnan(written[beyond, 1]).all() and np.isfinite(written[~beyond, 1]).all()
+
+
+def test_no_independent_halves_gives_a_null_resolution_with_its_reason(tiny_set, tmp_path):
+    # 6 iterations: 2 common, then the budget ends 4 iterations after the split, fewer than a
+    # half needs to have fitted its own data: the "halves" are still the common map
+    ds = load_simulation(tiny_set)
+    config = replace(CONFIG, max_iterations=6, min_fitted_iterations=5)
+    summary = AbInitioRun(ds, tmp_path, config, progress=False).run()
+    assert summary["iterations"] == {"common": 2, "half1": 4, "half2": 4}
+    assert summary["half_map_resolution_A_0143"] is None
+    assert summary["half_map_resolution"] is None
+    assert "not independent" in summary["half_map_null_reason"]
+    saved = json.loads((tmp_path / "run.json").read_text())
+    assert saved["half_map_resolution_A_0143"] is None and saved["half_map_null_reason"]
+    assert any("none" in line for line in result_lines(summary))
+
+
+def test_halves_share_nothing_above_the_split_and_see_disjoint_images(tiny_set, tmp_path):
+    ds = load_simulation(tiny_set)
+    run = AbInitioRun(ds, tmp_path, CONFIG, progress=False)
+    run.run()
+    (a, b) = run.halves
+    start_a, start_b = a.solver.initial_volume, b.solver.initial_volume
+    np.testing.assert_array_equal(start_a, start_b)
+    # no Fourier content above the split band limit in the maps the halves start from
+    split = run.split_max_freq_invA
+    spectrum = np.abs(np.fft.fftshift(np.fft.fftn(start_a))) ** 2
+    shells = radial_index(start_a.shape) / (BOX * PSIZE)
+    above = spectrum[shells > split + 1e-9].sum() / spectrum.sum()
+    assert above < 1e-20, above
+    # each half saw only its own images, and the two sets partition the data
+    assert np.intersect1d(a.ids, b.ids).size == 0
+    assert np.union1d(a.ids, b.ids).size == len(ds)
+    assert len(a.dataset) == a.ids.size and len(b.dataset) == b.ids.size
+    # they have moved apart where only their own data shaped them
+    above_split = fsc(a.solver.volume, b.solver.volume, PSIZE).freq_invA > split
+    ft_a, ft_b = np.fft.fftn(a.solver.volume), np.fft.fftn(b.solver.volume)
+    mask = np.fft.ifftshift(shells > split)
+    diff = np.abs(ft_a[mask] - ft_b[mask]).sum() / np.abs(ft_a[mask]).sum()
+    assert above_split.any() and diff > 0.05, diff
+
+
+def test_the_time_budget_caps_the_common_phase(tiny_set, tmp_path):
+    # without a cap the 1-epoch first stage (5 iterations) and the next stage would be common
+    ds = load_simulation(tiny_set)
+    config = replace(CONFIG, max_iterations=None, time_limit_min=0.1, first_stage_epochs=50.0)
+    run = AbInitioRun(ds, tmp_path, config, progress=False)
+    summary = run.run()
+    common_s = run.common.state.elapsed_s
+    per_iteration = common_s / run.common.iteration
+    # split at the first iteration past a third of the 6 s
+    assert 2.0 <= common_s <= 2.0 + per_iteration + 1e-6
+    assert summary["iterations"]["half1"] >= 1
+    # split before the first stage ended: the halves start at the band limit fitted so far
+    assert summary["split_max_freq_invA"] == pytest.approx(1 / 40.0)
+
+
+def test_is_schedule_and_learning_rate_continue_across_the_split(tiny_set, tmp_path,
+                                                                  monkeypatch):
+    from cryonb.abinitio import is_schedule_for
+    from cryonb.objective import MarginalObjective
+
+    seen = []
+    evaluate = MarginalObjective.evaluate
+
+    def spy(self, volume, indices, *, iteration, record, **kwargs):
+        if record:
+            seen.append((self.dataset is run.work, iteration))
+        return evaluate(self, volume, indices, iteration=iteration, record=record, **kwargs)
+
+    monkeypatch.setattr(MarginalObjective, "evaluate", spy)
+    ds = load_simulation(tiny_set)
+    config = replace(CONFIG, first_stage_epochs=2.0, max_iterations=30)
+    run = AbInitioRun(ds, tmp_path, config, progress=False)
+    run.run()
+    common = [it for is_common, it in seen if is_common]
+    halves = [it for is_common, it in seen if not is_common]
+    last, first = max(common), min(halves)
+    assert first == last + 1  # the halves go on with the common run's clock
+    schedule = is_schedule_for(config.iterations_per_stage)
+    for name in ("alpha", "temperature"):
+        f = getattr(schedule, name)
+        before, at, after = f(last - 1), f(last), f(first)
+        # the step across the split is no larger than the step before it (within rounding)
+        assert abs(after - at) <= abs(at - before) + 1e-9, (name, before, at, after)
+    rows = np.genfromtxt(tmp_path / "history.csv", delimiter=",", names=True, dtype=None,
+                         encoding="utf-8")
+    eps_common = rows["eps"][rows["phase"] == "common"][-1]
+    eps_half = rows["eps"][rows["phase"] == "half1"][0]
+    assert eps_half in (eps_common, eps_common / 2)  # at most the schedule's own halving
+    assert rows["clock"][rows["phase"] == "half1"][0] == last + 1
+
+
+def test_a_failed_iteration_leaves_the_last_good_checkpoint(tiny_set, tmp_path, monkeypatch):
+    from cryonb.sagd import SAGDSolver
+
+    ds = load_simulation(tiny_set)
+    config = replace(CONFIG, checkpoint_every_s=0.0)
+    AbInitioRun(ds, tmp_path / "straight", config, progress=False).run()
+    calls = {"n": 0}
+    heldout = SAGDSolver._heldout_nll
+
+    # held-out evaluations: common iteration 0, then the first iteration of half1 and of half2
+    # (a new stage each); the third comes after half2's map and SAG memory update, with half1's
+    # step of the same round already taken
+    def fail_on_third(self, volume):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("disk on fire")
+        return heldout(self, volume)
+
+    monkeypatch.setattr(SAGDSolver, "_heldout_nll", fail_on_third)
+    run = AbInitioRun(ds, tmp_path / "failed", config, progress=False)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        run.run()
+    assert run.halves[0].solver.iteration == 1 and run.halves[1].solver.iteration == 0
+    # the checkpoint is the last completed round: the split, both halves at iteration 0
+    saved = load_checkpoint(tmp_path / "failed" / "checkpoint.npz")
+    assert saved["phase"] == "halves"
+    assert json.loads(str(saved["common"]["scalars"]))["iteration"] == 5
+    assert all(json.loads(str(saved[h]["scalars"]))["iteration"] == 0
+               for h in ("half1", "half2"))
+    monkeypatch.setattr(SAGDSolver, "_heldout_nll", heldout)
+    AbInitioRun(ds, tmp_path / "failed", config, progress=False).run(resume=True)
+    np.testing.assert_array_equal(read_mrc(tmp_path / "failed" / "map.mrc").data,
+                                  read_mrc(tmp_path / "straight" / "map.mrc").data)
+
+
+def test_resume_refuses_other_options_and_keeps_the_schedule_on_a_new_budget(tiny_set,
+                                                                             tmp_path, capsys):
+    star = str(tiny_set / "particles.star")
+    # first stage: 3 epochs (15 iterations) capped at a third of the budget: 3 of 9, 4 of 12
+    common = ["--start-res", "40", "--split-res", "30", "--iterations-per-stage", "2",
+              "--particle-radius", "50", "--shift-sigma", "5", "--shift-extent", "10",
+              "--no-progress", "--out", str(tmp_path)]
+    assert cli_main(["reconstruct", star, "--batch-size", "40", "--iterations", "9",
+                     *common]) == 0
+    capsys.readouterr()
+    assert cli_main(["reconstruct", star, "--batch-size", "30", "--iterations", "9", "--resume",
+                     *common]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "batch_size = 40 (now 30)" in err[0] and "--resume" not in err[0]
+    assert cli_main(["reconstruct", star, "--batch-size", "40", "--iterations", "12",
+                     "--resume", *common]) == 0
+    err = capsys.readouterr().err
+    assert "max_iterations 9 -> 12" in err and "first stage 3 iterations" in err
+    assert json.loads((tmp_path / "run.json").read_text())["iterations"]["common"] == 3
+
+
+def test_a_second_run_on_the_same_folder_is_refused(tiny_set, tmp_path):
+    from cryonb.checkpoint import RunLock
+    from cryonb.io.errors import CryonbInputError
+
+    ds = load_simulation(tiny_set)
+    with RunLock(tmp_path):
+        with pytest.raises(CryonbInputError, match=r"another cryonb run \(pid"):
+            AbInitioRun(ds, tmp_path, CONFIG, progress=False).run()
+    # released afterwards
+    with RunLock(tmp_path):
+        pass
 
 
 @pytest.mark.slow

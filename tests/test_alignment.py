@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from cryonb.alignment import _mirror, _shift_volume, align_maps, apply_alignment, rotate_volume
-from cryonb.metrics import fsc, resolution_at
+from cryonb.metrics import crossing, fsc
 from cryonb.rotations import random_rotations
 from cryonb.sagd import random_spheres
 
@@ -46,20 +46,45 @@ def test_fsc_of_identical_and_independent_maps():
     a = rng.normal(size=(24, 24, 24))
     same = fsc(a, a, 2.0)
     np.testing.assert_allclose(same.fsc, 1.0)
-    assert same.resolution_A(0.143) == pytest.approx(4.0)  # Nyquist
+    # never crosses: "better than" the last shell (Nyquist, 4 Å), not a crossing at Nyquist
+    res = same.resolution(0.143)
+    assert not res.crossed and res.value_A == pytest.approx(4.0) and res.limit_A == 4.0
+    assert str(res).startswith("better than 4.0 Å") and res.label == "<4.0 Å"
     other = fsc(a, rng.normal(size=a.shape), 2.0)
     assert np.abs(other.fsc[3:]).max() < 0.2
-    assert resolution_at([1.0, 0.9, 0.5, 0.1, 0.6], 8, 2.0, 0.143) == pytest.approx(8.0)
+    assert other.resolution(0.5).crossed
+
+
+def test_crossing_is_interpolated_between_the_shells():
+    # shells 0..4 of an 8-px box at 2 Å/px: 0, 1/16, 1/8, 3/16, 1/4 Å^-1
+    freq = np.arange(5) / 16.0
+    res = crossing(freq, [1.0, 0.9, 0.5, 0.1, 0.6], 0.143)
+    # between shell 2 (0.5) and 3 (0.1): f = 1/8 + (0.5 - 0.143) / 0.4 / 16
+    f = 1 / 8 + (0.5 - 0.143) / 0.4 / 16
+    assert res.crossed and res.value_A == pytest.approx(1 / f)
+    # exactly at the threshold on a shell: that shell's resolution
+    assert crossing(freq, [1.0, 0.9, 0.5, 0.1, 0.6], 0.5).value_A == pytest.approx(8.0)
+    assert crossing(freq, [1.0, 0.9, 0.5, 0.1, 0.6], 0.9).value_A == pytest.approx(16.0)
+    # below from shell 1 on: between shell 0 (1.0) and 1 (0.0) at 0.5 -> 1/32 Å^-1
+    assert crossing(freq, [1.0, 0.0, 0.0, 0.0, 0.0], 0.5).value_A == pytest.approx(32.0)
+    # shell 0 below as well: nothing is resolved
+    assert crossing(freq, [0.0, 0.0, 0.0, 0.0, 0.0], 0.5).value_A == np.inf
 
 
 def test_fsc_stops_at_the_band_limit_the_maps_were_fitted_to():
     rng = np.random.default_rng(3)
     a = rng.normal(size=(24, 24, 24))
-    full = fsc(a, a, 2.0)
-    assert full.resolution_A(0.143) == pytest.approx(4.0)
     limited = fsc(a, a, 2.0, max_freq_invA=1 / 8.0)  # shell 6 of 12 is 1/8 Å^-1
     np.testing.assert_allclose(limited.fsc[:7], 1.0)
     assert np.isnan(limited.fsc[7:]).all()
-    assert limited.resolution_A(0.143) == pytest.approx(8.0)
-    # a NaN shell ends the curve like a drop below the threshold
-    assert resolution_at([1.0, 0.9, 0.8, np.nan, 0.9], 8, 2.0, 0.143) == pytest.approx(8.0)
+    res = limited.resolution(0.143)
+    assert not res.crossed and res.value_A == pytest.approx(8.0) and res.limit_A == 8.0
+    # a NaN shell ends the curve: "better than" its last determined shell
+    res = crossing(np.arange(5) / 16.0, [1.0, 0.9, 0.8, np.nan, 0.9], 0.143)
+    assert not res.crossed and res.value_A == pytest.approx(8.0)
+    # a crossing below the band limit is a crossing, whatever lies above the limit
+    b = a + 3.0 * rng.normal(size=a.shape)
+    capped = fsc(a, b, 2.0, max_freq_invA=1 / 8.0).resolution(0.5)
+    free = fsc(a, b, 2.0).resolution(0.5)
+    assert capped.crossed and capped.value_A == pytest.approx(free.value_A)
+    assert capped.to_dict()["crossed"] is True

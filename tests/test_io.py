@@ -348,3 +348,50 @@ def test_cli_reports_one_clear_line(tmp_path, capsys):
         assert main(["info", str(path)]) == 1
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "s.mrcs" in err and "--datadir" in err
+
+
+# --------------------------------------------------------------------- physical value ranges
+def test_star_values_at_the_range_limits_are_read_and_beyond_them_named(tmp_path):
+    from cryonb.io.validate import RANGES
+
+    edge = {**_OPTICS, "rlnVoltage": [60.0], "rlnSphericalAberration": [0.0],
+            "rlnAmplitudeContrast": [0.0], "rlnImagePixelSize": [0.1]}
+    path = _write_star(tmp_path / "edge.star",
+                       {**_particles(), "rlnDefocusU": [-2e4, 2e5], "rlnDefocusV": [0.0, 1e4]},
+                       edge)
+    meta = read_particles_star(path)  # overfocus, zero defocus, Cs corrector, Q = 0: all valid
+    np.testing.assert_allclose(meta.ctf.defocus_u_A, [-2e4, 2e5])
+    assert meta.ctf.cs_mm[0] == 0.0 and meta.pixel_size_A == pytest.approx(0.1)
+    assert RANGES["amplitude_contrast"].describe() == "0 <= value < 1"
+    path = _write_star(tmp_path / "v.star", _particles(), {**_OPTICS, "rlnVoltage": [3e5]})
+    with pytest.raises(CryonbInputError, match=r"_rlnVoltage is 300000 in the optics table, "
+                       r"data row 1, outside the physical range 60 to 1000 kV") as err:
+        read_particles_star(path)
+    assert err.value.path == str(path) and "kV" in err.value.fix
+    path = _write_star(tmp_path / "d.star", {**_particles(), "rlnDefocusU": [1e4, 3e5]}, _OPTICS)
+    with pytest.raises(CryonbInputError, match=r"_rlnDefocusU is 300000 in the particles table, "
+                       r"data row 2"):
+        read_particles_star(path)
+
+
+def test_pixel_size_override_skips_the_files_pixel_size_range(tmp_path):
+    path = _write_star(tmp_path / "p.star", _particles(), {**_OPTICS, "rlnImagePixelSize": [50.0]})
+    with pytest.raises(CryonbInputError, match="_rlnImagePixelSize is 50"):
+        read_particles_star(path)
+    assert read_particles_star(path, pixel_size_A=1.2).pixel_size_A == 1.2
+
+
+def test_cryosparc_values_beyond_the_ranges_are_named_with_0_based_row(tmp_path):
+    records = np.load(REAL / "cryosparc_J2_particles_exported.cs")
+    records["ctf/amp_contrast"][0] = 0.0  # allowed: the lower limit
+    records["ctf/cs_mm"][7] = 25.0
+    path = tmp_path / "p.cs"
+    with open(path, "wb") as fh:
+        np.save(fh, records)
+    with pytest.raises(CryonbInputError, match=r"ctf/cs_mm is 25 in the \.cs file, "
+                       r"row \(0-based\) 7, outside the physical range 0 to 20 mm"):
+        read_cryosparc_cs(path)
+    records["ctf/cs_mm"][7] = 2.7
+    with open(path, "wb") as fh:
+        np.save(fh, records)
+    assert read_cryosparc_cs(path).ctf.amplitude_contrast[0] == 0.0

@@ -9,6 +9,7 @@ from cryonb.image_model import ImageModel
 from cryonb.objective import KnownPoseObjective
 from cryonb.rotations import random_rotations
 from cryonb.sagd import (
+    Evaluation,
     GradientMemory,
     SAGDParams,
     SAGDSolver,
@@ -114,3 +115,107 @@ def test_resume_from_checkpoint_is_bit_identical(tmp_path):
     resumed.run(progress=False)
     np.testing.assert_array_equal(resumed.volume, straight.volume)
     assert resumed.history.sizes["iteration"] == 20
+
+
+class _LeastSquares:
+    """``nll_i(v) = 0.5 * ||A_i v - b_i||^2``: an exact quadratic satisfying ``Objective``."""
+
+    pixel_size_A = 1.0
+
+    pixel_size_A = 1.0
+
+    def __init__(self, A, b, box):
+        self.A, self.b, self.box = A, b, box
+
+    def set_band_limit(self, max_freq_invA):
+        pass
+
+    def evaluate(self, volume, indices, *, gradient, record, iteration, reuse=None):
+        A, b = self.A[indices], self.b[indices]
+        r = np.einsum("imd,d->im", A, volume.ravel()) - b
+        grad = np.einsum("imd,im->d", A, r).reshape(volume.shape) if gradient else None
+        return Evaluation(0.5 * (r**2).sum(axis=1), grad)
+
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, state):
+        pass
+
+
+def _least_squares_solver(A, b, box, v0, L0, steps=1):
+    params = SAGDParams(batch_size=4, n_heldout=0, L0=L0, linesearch_every=1,
+                        linesearch_max_steps=40, max_iterations=steps)
+    return SAGDSolver(_LeastSquares(A, b, box), n_images=len(A), box_size=box, params=params,
+                      rng=np.random.default_rng(0), initial_volume=v0)
+
+
+def test_line_search_takes_the_smallest_grid_L_with_sufficient_decrease():
+    """For a quadratic the sufficient-decrease test is exactly ``L >= g'Hg / g'g``.
+
+    With ``f(v) = (1/n) sum_i 0.5 ||A_i v - b_i||^2`` over the batch (``H = (1/n) sum A_i'A_i``):
+    ``f(V - g/L) = f(V) - g'g / L + g'Hg / (2 L^2)``, so ``f(V - g/L) <= f(V) - g'g / (2L)``
+    iff ``L >= c = g'Hg / g'g`` (the curvature along g, at most the Lipschitz constant
+    ``lambda_max(H)``).  The search tries ``L_prev/2, L_prev, 2 L_prev, ...`` so the accepted
+    L is ``L_prev/2`` when that already passes, otherwise the one grid point in ``[c, 2c)``.
+    The test predicts every L exactly from the normal equations (not from the solver's
+    objective calls), starting far above the curvature (L halves once per step) and far below
+    it (L doubles within one search).  Where a grid point is close to c the two sides of the
+    test differ by ``(g'g / 2L) |c/L - 1|``; the test checks that this is above 1e-9 (1 + f),
+    six orders above rounding in f (~1e-15 relative), so no comparison is a coin toss.
+    """
+    rng = np.random.default_rng(4)
+    box, n, m = 3, 8, 6
+    d = box**3
+    A = rng.normal(size=(n, m, d))
+    b = rng.normal(size=(n, m)) + 2.0
+    v0 = rng.uniform(0.5, 1.5, size=(box,) * 3)
+    lipschitz = max(np.linalg.eigvalsh(np.einsum("imd,ime->de", A[i], A[i]) / 4).max()
+                    for i in (np.arange(0, 4), np.arange(4, 8), np.arange(8)))  # any batch
+    for L0 in (64.0 * lipschitz, 1e-4 * lipschitz):
+        solver = _least_squares_solver(A, b, box, v0, L0, steps=12)
+        L_prev = L0
+        while not solver.done:
+            volume = solver.volume.copy()
+            record = solver.step()
+            idx = solver.batch_indices(record["batch"])
+            H = np.einsum("imd,ime->de", A[idx], A[idx]) / len(idx)
+            g = H @ volume.ravel() - np.einsum("imd,im->d", A[idx], b[idx]) / len(idx)
+            g2, c = g @ g, g @ H @ g / (g @ g)
+            k = max(0, int(np.ceil(np.log2(c / (L_prev / 2)))))  # grid point L_prev/2 * 2^k
+            expected = L_prev / 2 * 2.0**k
+
+            def f(v, idx=idx):
+                r = np.einsum("imd,d->im", A[idx], v.ravel()) - b[idx]
+                return 0.5 * (r**2).sum() / len(idx)
+
+            # set-up check: at the grid points around c the test's two sides differ by
+            # (g'g / 2L) |c/L - 1| (from the expansion above), far above rounding in f
+            for grid_L in {expected, max(expected / 2, L_prev / 2)}:
+                assert g2 / (2 * grid_L) * abs(c / grid_L - 1) > 1e-9 * (1 + f(volume))
+            L = record["L"]
+            assert L == expected, (L, expected, c, L_prev)
+
+            # the accepted L passes the test; L/2 fails it unless L is the start of the grid
+            assert f(volume.ravel() - g / L) <= f(volume) - g2 / (2 * L)
+            if L > L_prev / 2:
+                assert f(volume.ravel() - g / (L / 2)) > f(volume) - g2 / L
+                assert c <= L < 2 * c  # within the factor 2 of the curvature along g
+            assert c <= lipschitz * (1 + 1e-12)
+            L_prev = L
+        if L0 > lipschitz:  # halved once per step from 64 lambda_max: 12 steps reach [c, 2c)
+            assert L_prev < 2 * lipschitz
+
+
+def test_line_search_keeps_L_at_a_zero_gradient():
+    """At an exact solution of every equation the gradient is 0.0 exactly (integer data) and
+    the search returns the current L untouched; the step leaves the map as it is."""
+    rng = np.random.default_rng(5)
+    box, n, m = 3, 8, 6
+    A = rng.integers(-2, 3, size=(n, m, box**3)).astype(np.float64)
+    v_star = rng.integers(1, 4, size=(box,) * 3).astype(np.float64)
+    b = np.einsum("imd,d->im", A, v_star.ravel())
+    solver = _least_squares_solver(A, b, box, v_star, L0=3.25)
+    record = solver.step()
+    assert record["L"] == 3.25 and record["objective"] == 0.0
+    np.testing.assert_array_equal(solver.volume, v_star)

@@ -165,7 +165,7 @@ def test_relion_reconstructs_the_simulation_with_the_true_poses(tmp_path):
     assert rec.voxel_size_A == pytest.approx(3.0, rel=1e-4)
     curve = fsc(rec.data, volume, 3.0)
     assert curve.fsc[1:12].min() > 0.9, curve.fsc  # to 1/(32*3/11) = 1/8.7 Å
-    assert curve.resolution_A(0.5) < 8.0
+    assert curve.resolution(0.5).value_A < 8.0
     # a mirrored map (wrong hand or wrong axis order) would not agree
     assert fsc(rec.data, volume[:, :, ::-1], 3.0).fsc[4:12].max() < 0.5
     assert res.achieved_snr == pytest.approx(1.0, rel=0.05)

@@ -42,7 +42,7 @@ def _load(path: Path) -> tuple[np.ndarray, float | None]:
 
 def main(args: argparse.Namespace) -> int:
     """Compute and print."""
-    from ..metrics import fsc
+    from ..metrics import HALF_MAP_THRESHOLD, REFERENCE_THRESHOLD, fsc
 
     a, pa = _load(args.map1)
     b, pb = _load(args.map2)
@@ -66,8 +66,8 @@ def main(args: argparse.Namespace) -> int:
         print(f"aligned: hand {'flipped' if result.flipped else 'kept'}, shift "
               f"{np.round(result.shift_A, 2)} Å, correlation {result.correlation:.4f}")
     curve = fsc(a, b, psize)
-    for threshold in (0.143, 0.5):
-        print(f"FSC {threshold:<5}: {curve.resolution_A(threshold):.2f} Å")
+    for threshold in (HALF_MAP_THRESHOLD, REFERENCE_THRESHOLD):
+        print(f"FSC {threshold:<5}: {curve.resolution(threshold)}")
     if args.out is not None:
         from ..plotting import fsc_figure
 

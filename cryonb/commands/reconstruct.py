@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +70,34 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                          help="start a local Dask cluster of N single-threaded worker processes")
 
 
+MIN_BOX = 16  # px: smallest --box accepted (see _check_box)
+
+
+def _check_box(args: argparse.Namespace, ds) -> None:
+    """Raise a one-line error unless ``--box`` is even, >= ``MIN_BOX`` and <= the images' box.
+
+    ``Dataset.fourier_cropped`` itself accepts any box from 8 px to the images' box (it only
+    crops).  cryonb's reconstructions are tested down to 16 px (``tests/test_abinitio.py``);
+    below that a particle spans a handful of pixels and the band-limit schedule has almost
+    no frequencies left.  Cropped boxes must be even, as RELION's extraction boxes are (the
+    Fourier origin at ``N // 2``).  ``--box`` equal to the images' box (no cropping) is always
+    accepted.
+    """
+    from ..io.errors import input_error
+
+    box = args.box
+    if box is None or box == ds.box_size:
+        return
+    if box > ds.box_size:
+        raise input_error(args.particles, f"--box {box} is larger than the images' box of "
+                          f"{ds.box_size} px (cryonb only Fourier-crops, never pads)",
+                          f"pass --box {ds.box_size} or smaller, or drop --box")
+    if box < MIN_BOX or box % 2:
+        raise input_error(args.particles, f"--box {box} is not an even number of at least "
+                          f"{MIN_BOX} px (the images' box is {ds.box_size} px)",
+                          f"pass an even --box from {MIN_BOX} to {ds.box_size}")
+
+
 def _load(args: argparse.Namespace):
     from ..dataset import Dataset
 
@@ -83,7 +112,7 @@ def _known_poses(args: argparse.Namespace, ds) -> int:
     from ..backprojection import reconstruct_known_poses
     from ..io import write_mrc
     from ..io.errors import input_error
-    from ..metrics import fsc
+    from ..metrics import half_map_resolution
     from ..plotting import fsc_figure
 
     if ds.rotations is None:
@@ -100,15 +129,22 @@ def _known_poses(args: argparse.Namespace, ds) -> int:
         halves = [reconstruct_known_poses(h, progress=not args.no_progress) for h in ds.halves()]
         for i, half in enumerate(halves):
             write_mrc(out / f"half{i + 1}.mrc", half, ds.pixel_size_A)
-        curve = fsc(halves[0], halves[1], ds.pixel_size_A)
+        resolution, curve = half_map_resolution(halves[0], halves[1], ds.pixel_size_A,
+                                                max_freq_invA=None)
         fsc_figure([curve], ["half-maps"]).savefig(out / "fsc.png", dpi=90)
-        print(f"half-map FSC 0.143: {curve.resolution_A(0.143):.2f} Å")
+        print(f"half-map resolution: {resolution}")
     return 0
 
 
 def main(args: argparse.Namespace) -> int:
     """Run the reconstruction and print a summary."""
     ds = _load(args)
+    _check_box(args, ds)
+    if not args.known_poses:
+        from ..diagnostics import check_contrast
+
+        check_contrast(ds, args.particles, fix="drop --invert (the flipped particles are dark)"
+                       if args.invert else "pass --invert to flip the contrast")
     if args.known_poses:
         return _known_poses(args, ds)
     from ..abinitio import AbInitioConfig, AbInitioRun
@@ -128,10 +164,35 @@ def main(args: argparse.Namespace) -> int:
             print(f"Dask: {len(client.nthreads())} workers, dashboard {client.dashboard_link}")
         run = AbInitioRun(ds, args.out, config, progress=not args.no_progress, client=client)
         summary = run.run(resume=args.resume)
+    for message in run.messages:
+        print(f"note: {message}", file=sys.stderr)
     if summary["status"] != "done":
         print(f"interrupted; resume with: cryonb reconstruct {args.particles} --out {args.out} "
               "--resume (same options)")
         return 130
     print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=2,
                      default=float))
+    for line in result_lines(summary):
+        print(line)
     return 0
+
+
+def result_lines(summary: dict) -> list[str]:
+    """The human summary of an ab initio run's ``run.json`` fields (printed last)."""
+    lines = []
+    half = summary.get("half_map_resolution")
+    if half is None:
+        lines.append("half-map resolution (FSC 0.143): none — "
+                     f"{summary.get('half_map_null_reason')}")
+    else:
+        better = "" if half["crossed"] else "better than "
+        lines.append(f"half-map resolution (FSC 0.143, gold standard): {better}"
+                     f"{half['value_A']:.1f} Å (fitted band limit "
+                     f"{summary['fitted_band_limit_A']:.1f} Å)")
+    truth = summary.get("truth_resolution")
+    if truth is not None:
+        better = "" if truth["crossed"] else "better than "
+        value = "none" if truth["value_A"] is None else f"{truth['value_A']:.1f} Å"
+        lines.append(f"map vs truth (FSC 0.5, aligned): {better}{value}, correlation "
+                     f"{summary['truth_correlation']:.3f}")
+    return lines

@@ -12,6 +12,8 @@ Field mapping (``../shared/design/CONVENTIONS.md`` §2, ``docs/conventions.md``)
   (as pyem converts it).  ``alignments3D/shift`` in pixels at ``alignments3D/psize_A``, same sign
   as the RELION origin (pyem).  ``alignments3D/split`` 0/1 -> half-set.  No ``.cs`` file with
   both images and 3D poses was available to verify the pose and shift signs against images.
+* Voltage, Cs, amplitude contrast, defocus and pixel size are checked against physical ranges
+  (:mod:`cryonb.io.validate`; 0-based rows, as numpy indexes the records).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from ..rotations import axis_angle_to_matrix
 from .errors import input_error
 from .metadata import ParticleMetadata
 from .star import resolve_image_path
+from .validate import check_cryosparc_records
 
 __all__ = ["read_cryosparc_cs"]
 
@@ -59,6 +62,14 @@ def read_cryosparc_cs(path: str | os.PathLike, *, datadir: str | os.PathLike | N
     ParticleMetadata
         With ``data_sign`` from ``blob/sign``; poses, origins and half-sets from
         ``alignments3D`` when present.
+
+    Raises
+    ------
+    CryonbInputError
+        Missing or unreadable files or fields, non-finite values, and ``ctf/accel_kv``,
+        ``ctf/cs_mm``, ``ctf/amp_contrast``, ``ctf/df1_A``, ``ctf/df2_A`` or ``blob/psize_A``
+        outside their physical ranges (:data:`cryonb.io.validate.RANGES`; named with field
+        and 0-based row).
     """
     path = Path(path)
     if not path.exists():
@@ -66,7 +77,8 @@ def read_cryosparc_cs(path: str | os.PathLike, *, datadir: str | os.PathLike | N
     try:
         records = np.load(path, allow_pickle=False)
     except Exception as exc:
-        raise input_error(path, f"not a readable cryoSPARC .cs file ({exc})",
+        detail = " ".join(str(exc).split())  # the error stays one line
+        raise input_error(path, f"not a readable cryoSPARC .cs file ({detail})",
                           "give the particles .cs file exported by cryoSPARC") from exc
     names = records.dtype.names or ()
     missing = [f for f in ("blob/path", "blob/idx", "blob/psize_A") if f not in names]
@@ -76,6 +88,7 @@ def read_cryosparc_cs(path: str | os.PathLike, *, datadir: str | os.PathLike | N
     n = len(records)
     if n == 0:
         raise input_error(path, "the .cs file has no particles", "give a non-empty file")
+    check_cryosparc_records(path, records)
     base = path.parent
     datadir_path = Path(datadir) if datadir is not None else None
     raw_paths = [p.decode() if isinstance(p, bytes) else str(p) for p in records["blob/path"]]

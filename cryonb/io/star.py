@@ -11,6 +11,8 @@ Reading follows ``../shared/design/CONVENTIONS.md`` §1 and ``docs/conventions.m
   stack paths are resolved against ``datadir`` or the STAR file's folder (falling back to the
   file name alone in that folder).
 * Unknown columns are kept in ``ParticleMetadata.table`` and otherwise ignored.
+* Voltage, Cs, amplitude contrast, defocus and pixel size are checked against physical ranges
+  (:mod:`cryonb.io.validate`) in the optics and particle tables (1-based data rows).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from ..ctf import CTFParams
 from ..rotations import euler_to_matrix, matrix_to_euler
 from .errors import input_error
 from .metadata import ParticleMetadata
+from .validate import check_range, check_star_table
 
 __all__ = ["read_particles_star", "resolve_image_path", "write_particles_star"]
 
@@ -63,7 +66,8 @@ def _read_blocks(path: Path) -> dict[str, pd.DataFrame]:
     try:
         blocks = starfile.read(path, always_dict=True)
     except Exception as exc:  # starfile raises various parser errors
-        raise input_error(path, f"not a readable STAR file ({type(exc).__name__}: {exc})",
+        detail = " ".join(str(exc).split())  # the error stays one line
+        raise input_error(path, f"not a readable STAR file ({type(exc).__name__}: {detail})",
                           "check that it is a RELION STAR file") from exc
     tables = {name: df for name, df in blocks.items() if isinstance(df, pd.DataFrame)}
     if not tables:
@@ -148,6 +152,9 @@ def _pixel_sizes(path: Path, cols: _Columns) -> NDArray:
                               "pixel_size_A= (--angpix) explicitly")
         with np.errstate(divide="ignore", invalid="ignore"):
             sizes = 1e4 * detector / magnification
+        check_range(path, "1e4 * _rlnDetectorPixelSize / _rlnMagnification (the pixel size)",
+                    sizes, "pixel_size", where="particles table", row_name="data row",
+                    first_row=1)
     if not np.all(np.isfinite(sizes) & (sizes > 0)):
         raise input_error(path, "the pixel size is zero, negative or not a number",
                           "fix _rlnImagePixelSize (Å) or pass pixel_size_A= explicitly")
@@ -196,12 +203,19 @@ def read_particles_star(path: str | os.PathLike, *, datadir: str | os.PathLike |
     Raises
     ------
     CryonbInputError
-        Missing or unreadable files, missing image names, pixel size or CTF columns, NaNs.
+        Missing or unreadable files, missing image names, pixel size or CTF columns, NaNs,
+        and voltage, Cs, amplitude contrast, defocus or pixel size outside their physical
+        ranges (:data:`cryonb.io.validate.RANGES`; named with column, table and 1-based data
+        row).
     """
     path = Path(path)
     particles, optics = _particle_and_optics(path, _read_blocks(path))
     if len(particles) == 0:
         raise input_error(path, "the particle table is empty", "give a STAR file with particles")
+    skip = ("pixel_size",) if pixel_size_A is not None else ()
+    if optics is not None:
+        check_star_table(path, optics, "optics table", skip=skip)
+    check_star_table(path, particles, "particles table", skip=skip)
     cols = _Columns(path, particles, optics)
     n = len(particles)
     datadir_path = Path(datadir) if datadir is not None else None
