@@ -7,7 +7,8 @@ import importlib
 import json
 from pathlib import Path
 
-MODULES = ["bench_projection", "likelihood", "abinitio", "out_of_core", "distributed"]
+MODULES = ["bench_projection", "likelihood", "abinitio", "out_of_core", "distributed",
+           "honest_resolution"]
 
 
 def main() -> int:

@@ -45,6 +45,7 @@ from numpy.typing import NDArray
 
 from .checkpoint import RunLock, load_checkpoint, save_checkpoint
 from .dataset import Dataset
+from .diagnostics import estimate_mass
 from .fourier import lowpass
 from .importance import ImportanceSampler, ISSchedule
 from .io.errors import input_error
@@ -58,7 +59,7 @@ from .sagd import (
     random_spheres,
 )
 
-__all__ = ["AbInitioConfig", "AbInitioRun", "estimate_mass", "is_schedule_for"]
+__all__ = ["AbInitioConfig", "AbInitioRun", "estimate_mass", "is_schedule_for", "summary_lines"]
 
 
 @dataclass(frozen=True)
@@ -115,23 +116,6 @@ class AbInitioConfig:
 
 #: Options whose change between a run and its resume only changes the budget, not the job.
 BUDGET_OPTIONS = ("checkpoint_every_s", "time_limit_min", "max_iterations")
-
-
-def estimate_mass(dataset: Dataset, n_images: int = 500) -> float:
-    """Sum of voxels of the map that explains the images' DC: ``median(sum(I) / CTF(0))``.
-
-    With RELION's CTF sign ``CTF(0) = +Q * scale`` (zero phase shift); images should have a zero
-    background mean (``Dataset.normalized()``).
-    """
-    idx = np.linspace(0, len(dataset) - 1, min(n_images, len(dataset))).astype(np.int64)
-    sums = dataset.images(idx).sum(axis=(1, 2), dtype=np.float64)
-    if dataset.ctf is None:
-        return float(np.median(sums))
-    ctf = dataset.ctf.subset(idx)
-    ctf0 = np.sin(np.deg2rad(ctf.phase_shift_deg)
-                  + np.arctan(ctf.amplitude_contrast / np.sqrt(1 - ctf.amplitude_contrast**2)))
-    ctf0 = ctf0 * ctf.scale
-    return float(np.median(sums / np.where(np.abs(ctf0) > 1e-3, ctf0, np.nan)))
 
 
 def is_schedule_for(iterations_per_stage: int) -> ISSchedule:
@@ -241,10 +225,7 @@ class AbInitioRun:
         # the halves share only the common map's content at or below the split band limit:
         # the low-pass edge ends there (no positivity afterwards, which would put the shared
         # map's content back above it); the halves' own steps apply positivity
-        psize, n = self.work.pixel_size_A, self.work.box_size
-        edge_px = 2.0
-        cut = max(w_split - edge_px / (n * psize), 0.5 / (n * psize))
-        volume = lowpass(volume, psize, cut, edge_px=edge_px)
+        volume = lowpass(volume, self.work.pixel_size_A, w_split, strict=True)
         self.split_max_freq_invA = w_split
         ids = np.arange(len(self.work))
         halves = (self.work.half_set if self.work.half_set is not None
@@ -483,12 +464,22 @@ class AbInitioRun:
     def _finish(self) -> dict[str, Any]:
         """Write the maps, FSC, history, poses and ``run.json``; return the summary.
 
-        ``run.json`` (units in the names): ``half_map_resolution_A_0143`` (gold standard, FSC
-        0.143 capped at the fitted band limit; the crossing or, when it never crosses, the
-        limit it is better than — see ``half_map_resolution.crossed``; null when there are no
-        independent halves, with ``half_map_null_reason``), ``final_max_freq_invA`` (the fitted
-        band limit, 1/Å), ``split_max_freq_invA``, and with a known truth
-        ``truth_resolution_A_05`` (FSC 0.5 against the truth after alignment, same cap).
+        ``map.mrc`` is the mean of the two SAGD half-set maps (``sagd_half1/2.mrc``).  Those are
+        not independent enough for a gold-standard FSC: they start from one common map, and
+        positivity (truncating negative density multiplies a map by its own support) turns
+        their shared low frequencies into matching high ones, so they agree above the split
+        whatever their data say.  ``half1.mrc`` / ``half2.mrc`` are therefore, as in RELION,
+        each half's own particles reconstructed (direct Fourier inversion, no positivity) at
+        the MAP poses found under that half's final map, band-limited at the fitted band
+        limit; ``map_from_halves.mrc`` is their mean.
+
+        ``run.json`` (units in the names): ``half_map_resolution_A_0143`` (gold standard: FSC
+        0.143 of ``half1.mrc`` / ``half2.mrc`` capped at the fitted band limit; the crossing
+        or, when it never crosses, the limit it is better than — ``half_map_resolution.crossed``
+        — null when there are no independent halves, with ``half_map_null_reason``),
+        ``final_max_freq_invA`` (the fitted band limit, 1/Å), ``split_max_freq_invA``, and with
+        a known truth ``truth_resolution_A_05`` (FSC 0.5 of ``map.mrc`` against the truth after
+        alignment, same cap; ``truth_resolution_from_halves`` for ``map_from_halves.mrc``).
         """
         from .io import write_mrc, write_particles_star
         from .metrics import half_map_resolution, score_against_reference
@@ -496,10 +487,10 @@ class AbInitioRun:
 
         ds, out = self.work, self.out_dir
         psize = ds.pixel_size_A
-        maps = [h.solver.volume.astype(np.float32) for h in self.halves]
-        write_mrc(out / "half1.mrc", maps[0], psize)
-        write_mrc(out / "half2.mrc", maps[1], psize)
-        final = (maps[0] + maps[1]) / 2
+        sagd = [h.solver.volume.astype(np.float32) for h in self.halves]
+        write_mrc(out / "sagd_half1.mrc", sagd[0], psize)
+        write_mrc(out / "sagd_half2.mrc", sagd[1], psize)
+        final = (sagd[0] + sagd[1]) / 2
         write_mrc(out / "map.mrc", final, psize)
         # above the band limit the halves have fitted, their content is made by positivity
         # from what lies below it (no data were fitted there): every FSC stops at that limit
@@ -507,7 +498,12 @@ class AbInitioRun:
         n_min = self.config.min_fitted_iterations
         cap = fitted if fitted is not None else (self.common.fitted_band_limit_invA(n_min)
                                                  or self.split_max_freq_invA)
-        resolution, curve = half_map_resolution(maps[0], maps[1], psize, max_freq_invA=cap)
+        rotations, shifts, halves = self._map_poses(cap)
+        for i, half in enumerate(halves):
+            write_mrc(out / f"half{i + 1}.mrc", half, psize)
+        from_halves = (halves[0] + halves[1]) / 2
+        write_mrc(out / "map_from_halves.mrc", from_halves, psize)
+        resolution, curve = half_map_resolution(halves[0], halves[1], psize, max_freq_invA=cap)
         reason = self._no_gold_standard(fitted, resolution)
         curves = [curve]
         labels = ["half-maps" if reason is None else "half-maps (not independent)"]
@@ -528,27 +524,22 @@ class AbInitioRun:
             "messages": list(self.messages),
         }
         if ds.truth is not None and ds.truth.volume is not None:
-            from .fourier import fourier_crop, fourier_pad
-
-            truth = np.asarray(ds.truth.volume, dtype=np.float64)
-            if truth.shape[0] > ds.box_size:
-                truth = fourier_crop(truth, ds.box_size, ndim=3)
-            elif truth.shape[0] < ds.box_size:
-                truth = fourier_pad(truth, ds.box_size, ndim=3)
-            score = score_against_reference(final, truth, psize, max_freq_invA=cap)
+            score = score_against_reference(final, ds.truth.volume, psize, max_freq_invA=cap)
             write_mrc(out / "map_aligned_to_truth.mrc", score.aligned.astype(np.float32), psize)
-            curves.append(score.curve)
-            labels.append("map vs truth")
+            other = score_against_reference(from_halves, ds.truth.volume, psize,
+                                            max_freq_invA=cap)
+            curves += [score.curve, other.curve]
+            labels += ["map vs truth", "map from halves vs truth"]
             summary.update({"truth_resolution_A_05": _finite(score.resolution.value_A),
                             "truth_resolution": score.resolution.to_dict(),
                             "truth_resolution_0143": score.resolution_0143.to_dict(),
                             "truth_correlation": score.correlation,
-                            "hand_flipped": score.flipped})
+                            "hand_flipped": score.flipped,
+                            "truth_resolution_from_halves": other.resolution.to_dict()})
         fsc_figure(curves, labels).savefig(out / "fsc.png", dpi=90)
         np.savetxt(out / "fsc.csv", np.stack([curves[0].freq_invA] + [c.fsc for c in curves], 1),
                    delimiter=",", header="freq_invA," + ",".join(labels), comments="")
         self._write_history(out / "history.csv")
-        rotations, shifts = self._map_poses()
         write_particles_star(
             out / "particles.star",
             image_paths=[str(p) for p in self._source_paths()],
@@ -583,13 +574,22 @@ class AbInitioRun:
 
         pd.DataFrame(rows).to_csv(path, index=False)
 
-    def _map_poses(self) -> tuple[NDArray, NDArray]:
-        """MAP rotation and origin of every particle under its half's final map."""
+    def _map_poses(self, max_freq_invA: float) -> tuple[NDArray, NDArray, list[NDArray]]:
+        """MAP rotation and origin (Å) of every particle under its half's final map, and each
+        half's particles reconstructed at those poses (direct Fourier inversion, band limit
+        ``max_freq_invA``): ``(rotations (n, 3, 3), shifts (n, 2), [half1, half2])``."""
+        from .backprojection import BackprojectionAccumulator
+        from .image_model import ImageModel
+
         n = len(self.work)
         rotations = np.zeros((n, 3, 3))
         shifts = np.zeros((n, 2))
+        maps = []
+        model = ImageModel(self.work.box_size, self.work.pixel_size_A, max_freq_invA=min(
+            max_freq_invA, 0.5 / self.work.pixel_size_A))
         for h in self.halves:
             obj = h.solver.objective
+            acc = BackprojectionAccumulator(model)
             if obj.likelihood is None:  # the budget ran out before this half took a step
                 obj.set_band_limit(h.solver.params.start_max_freq_invA)
             for start in range(0, len(h.ids), 200):
@@ -597,11 +597,14 @@ class AbInitioRun:
                 if start + 200 < len(h.ids):  # read the next batch while this one is scored
                     obj.prefetch(np.arange(start + 200, min(len(h.ids), start + 400)))
                 obj.evaluate(h.solver.volume, local, gradient=False, record=False,
-                             iteration=h.solver.iteration)
+                             iteration=h.solver.clock)
                 res = obj.last_result
                 rotations[h.ids[local]] = res.map_rotations
                 shifts[h.ids[local]] = res.map_shifts_A
-        return rotations, shifts
+                acc.add(h.dataset.images(local), res.map_rotations, res.map_shifts_A,
+                        None if h.dataset.ctf is None else h.dataset.ctf.subset(local))
+            maps.append(acc.direct_inversion().astype(np.float32))
+        return rotations, shifts, maps
 
     def _source_paths(self) -> list[str]:
         src = self.dataset._source
@@ -626,3 +629,25 @@ def _last_band_limit(solver: SAGDSolver) -> float:
     """The band limit (1/Å) of ``solver``'s last iteration (its start before any)."""
     records = solver.state.records
     return float(records[-1]["max_freq_invA"] if records else solver.params.start_max_freq_invA)
+
+
+def summary_lines(summary: dict[str, Any]) -> list[str]:
+    """The resolution statements of a run's summary (``run.json``) as sentences: the
+    half-map resolution (or why there is none) and, with a known truth, the map's."""
+    lines = []
+    half = summary.get("half_map_resolution")
+    if half is None:
+        lines.append("half-map resolution (FSC 0.143): none — "
+                     f"{summary.get('half_map_null_reason')}")
+    else:
+        better = "" if half["crossed"] else "better than "
+        lines.append(f"half-map resolution (FSC 0.143, gold standard): {better}"
+                     f"{half['value_A']:.1f} Å (fitted band limit "
+                     f"{summary['fitted_band_limit_A']:.1f} Å)")
+    truth = summary.get("truth_resolution")
+    if truth is not None:
+        better = "" if truth["crossed"] else "better than "
+        value = "none" if truth["value_A"] is None else f"{truth['value_A']:.1f} Å"
+        lines.append(f"map vs truth (FSC 0.5, aligned): {better}{value}, correlation "
+                     f"{summary['truth_correlation']:.3f}")
+    return lines

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import os
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -24,7 +25,13 @@ from .ctf import evaluate_ctf
 from .fourier import fft2_centered, fourier_indices, frequency_grid_2d, ifft2_centered
 from .viz import low_pass
 
-__all__ = ["box_for_resolution", "check_contrast", "contrast_scores", "dark_p_value"]
+__all__ = [
+    "box_for_resolution",
+    "check_contrast",
+    "contrast_scores",
+    "dark_p_value",
+    "estimate_mass",
+]
 
 
 def contrast_scores(dataset, *, resolution_A: float = 25.0, n_images: int = 200,
@@ -142,3 +149,20 @@ def box_for_resolution(box_size: int, pixel_size_A: float, target_resolution_A: 
     b = math.ceil(2.0 * box_size * pixel_size_A / float(target_resolution_A) - 1e-9)
     b += b % 2
     return int(min(box_size, max(8, b)))
+
+
+def estimate_mass(dataset: Any, n_images: int = 500) -> float:
+    """Sum of voxels of the map that explains the images' DC: ``median(sum(I) / CTF(0))``.
+
+    With RELION's CTF sign ``CTF(0) = +Q * scale`` (zero phase shift); images should have a zero
+    background mean (``Dataset.normalized()``).
+    """
+    idx = np.linspace(0, len(dataset) - 1, min(n_images, len(dataset))).astype(np.int64)
+    sums = dataset.images(idx).sum(axis=(1, 2), dtype=np.float64)
+    if dataset.ctf is None:
+        return float(np.median(sums))
+    ctf = dataset.ctf.subset(idx)
+    ctf0 = np.sin(np.deg2rad(ctf.phase_shift_deg)
+                  + np.arctan(ctf.amplitude_contrast / np.sqrt(1 - ctf.amplitude_contrast**2)))
+    ctf0 = ctf0 * ctf.scale
+    return float(np.median(sums / np.where(np.abs(ctf0) > 1e-3, ctf0, np.nan)))

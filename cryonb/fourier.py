@@ -238,14 +238,18 @@ def _zero_unpaired_nyquist(spec: Any, ndim: int) -> Any:
 
 
 def lowpass(x: Any, pixel_size_A: float, max_freq_invA: float, *, ndim: int = 3,
-            edge_px: float = 2.0) -> Any:
+            edge_px: float = 2.0, strict: bool = False) -> Any:
     """Low-pass real images (ndim=2) or volumes (ndim=3) at ``max_freq_invA`` (1/Å).
 
     Frequencies below ``max_freq_invA`` are kept, with a raised-cosine edge ``edge_px`` Fourier
-    pixels wide above it; the result keeps the input's dtype.
+    pixels wide above it; with ``strict`` the edge lies below it instead, so that nothing above
+    ``max_freq_invA`` remains (e.g. the halves' start after a gold-standard split).  The result
+    keeps the input's dtype.
     """
     n = x.shape[-1]
     radius_px = float(max_freq_invA) * n * float(pixel_size_A)
+    if strict:
+        radius_px = max(radius_px - edge_px, 0.5)
     if ndim == 2:
         kx, ky = frequency_grid_2d(n, backend=backend_of(x))
         r = (kx**2 + ky**2) ** 0.5

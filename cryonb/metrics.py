@@ -196,7 +196,12 @@ def fsc(map1: ArrayLike, map2: ArrayLike, pixel_size_A: float, *,
 def half_map_resolution(half1: ArrayLike, half2: ArrayLike, pixel_size_A: float, *,
                         max_freq_invA: float | None) -> tuple[Resolution, FSCResult]:
     """Gold-standard resolution of two independent half-maps: FSC 0.143, capped at the band
-    limit ``max_freq_invA`` (1/Å) both were fitted to."""
+    limit ``max_freq_invA`` (1/Å) both were fitted to.  Returns the resolution and the curve.
+
+    The maps must be independent: reconstructions of disjoint halves of the data that share no
+    content above the frequency where they separated (see :mod:`cryonb.abinitio` for why SAGD's
+    own half-maps, kept non-negative from a common start, are not).
+    """
     curve = fsc(half1, half2, pixel_size_A, max_freq_invA=max_freq_invA)
     return curve.resolution(HALF_MAP_THRESHOLD), curve
 
@@ -241,12 +246,19 @@ def score_against_reference(volume: ArrayLike, reference: ArrayLike, pixel_size_
     translation, both hands; :func:`cryonb.alignment.align_maps`), then FSC 0.5 capped at the
     band limit ``max_freq_invA`` (1/Å) the map was fitted to.
 
-    ``volume`` and ``reference``: cubic maps of the same box and pixel size (Å).
+    ``volume`` and ``reference``: cubic maps of the same pixel size (Å); a reference of another
+    box is Fourier-cropped or padded to the map's box first (same pixel size and field of view
+    assumed: both are a Fourier crop of the same data).
     """
     from .alignment import align_maps, apply_alignment
+    from .fourier import fourier_crop, fourier_pad
 
     vol = np.asarray(volume, dtype=np.float64)
     ref = np.asarray(reference, dtype=np.float64)
+    if ref.shape[0] > vol.shape[0]:
+        ref = fourier_crop(ref, vol.shape[0], ndim=3)
+    elif ref.shape[0] < vol.shape[0]:
+        ref = fourier_pad(ref, vol.shape[0], ndim=3)
     if align:
         alignment = align_maps(vol, ref, pixel_size_A)
         aligned = apply_alignment(vol, alignment, pixel_size_A)

@@ -88,3 +88,4 @@ def test_fsc_stops_at_the_band_limit_the_maps_were_fitted_to():
     free = fsc(a, b, 2.0).resolution(0.5)
     assert capped.crossed and capped.value_A == pytest.approx(free.value_A)
     assert capped.to_dict()["crossed"] is True
+

@@ -120,9 +120,7 @@ def test_resume_from_checkpoint_is_bit_identical(tmp_path):
 class _LeastSquares:
     """``nll_i(v) = 0.5 * ||A_i v - b_i||^2``: an exact quadratic satisfying ``Objective``."""
 
-    pixel_size_A = 1.0
-
-    pixel_size_A = 1.0
+    pixel_size_A = 1.0  # Objective protocol: band limits in Fourier px
 
     def __init__(self, A, b, box):
         self.A, self.b, self.box = A, b, box

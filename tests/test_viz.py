@@ -51,12 +51,29 @@ def test_contrast_limits_are_percentiles_and_never_empty():
 
 
 def test_volume_slices_figure_positions_and_titles():
-    vol = np.zeros((16, 16, 16))
-    fig = volume_slices_figure([vol, vol + 1], 3.0, titles=["a", "b"], position=(4, 8, 12))
+    """Each panel draws the section through ``position`` of its map (numpy indexing of the
+    ``[z, y, x]`` array is the truth), grey limits at the 1st / 99th percentiles, axes in Å
+    with voxel N//2 at 0 (pixel edges at -8.5 and +7.5 px), and dotted lines at the other two
+    sections."""
+    rng = np.random.default_rng(3)
+    vol = rng.normal(size=(16, 16, 16))
+    other = np.exp(vol)  # another grey-scale range
+    fig = volume_slices_figure([vol, other], 3.0, titles=["a", "b"], position=(4, 8, 12))
     assert isinstance(fig, Figure) and len(fig.axes) == 6
     titles = [ax.get_title() for ax in fig.axes]
     assert titles[:3] == ["a: z = -12.0 Å", "y = +0.0 Å", "x = +12.0 Å"]
     assert titles[3].startswith("b:")
+    marks = [(12.0, 0.0), (12.0, -12.0), (0.0, -12.0)]  # (vertical, horizontal) lines, Å
+    for row, m in enumerate((vol, other)):
+        lo, hi = np.percentile(m, [1.0, 99.0])
+        for col, section in enumerate((m[4], m[:, 8], m[:, :, 12])):
+            ax = fig.axes[3 * row + col]
+            (image,) = ax.get_images()
+            np.testing.assert_array_equal(np.asarray(image.get_array()), section)
+            np.testing.assert_allclose(image.get_clim(), (lo, hi), rtol=1e-12)
+            np.testing.assert_allclose(image.get_extent(), [-25.5, 22.5, 22.5, -25.5])
+            v_line, h_line = ax.get_lines()
+            assert (v_line.get_xdata()[0], h_line.get_ydata()[0]) == marks[col]
     assert figure_png(fig)[:4] == b"\x89PNG"
     with pytest.raises(ValueError, match="one shape"):
         volume_slices_figure([vol, vol[:8, :8, :8]], 3.0)

@@ -77,9 +77,8 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _reconstruct(args: argparse.Namespace, ds, out: Path) -> int:
-    from ..abinitio import AbInitioConfig, AbInitioRun
+    from ..abinitio import AbInitioConfig, AbInitioRun, summary_lines
     from ..io import read_mrc
-    from .reconstruct import result_lines
 
     config = AbInitioConfig(box_size=min(args.rec_box, ds.box_size), iterations_per_stage=15,
                             time_limit_min=args.time_limit, seed=args.seed,
@@ -96,7 +95,7 @@ def _reconstruct(args: argparse.Namespace, ds, out: Path) -> int:
     image_rows([_sections(small_truth), _sections(np.asarray(aligned.data))],
                ["truth", "ab initio"], col_titles=["z = 0", "y = 0", "x = 0"],
                size_in=2.2).savefig(out / "comparison.png", dpi=80)
-    lines = result_lines(summary)
+    lines = summary_lines(summary)
     report = f"""# cryonb demo report
 
 * Data: {len(ds)} simulated GroEL-GroES particles (PDB 1AON), {ds.box_size} px at

@@ -147,7 +147,7 @@ def main(args: argparse.Namespace) -> int:
                        if args.invert else "pass --invert to flip the contrast")
     if args.known_poses:
         return _known_poses(args, ds)
-    from ..abinitio import AbInitioConfig, AbInitioRun
+    from ..abinitio import AbInitioConfig, AbInitioRun, summary_lines
 
     config = AbInitioConfig(
         box_size=args.box, max_res_A=args.max_res, start_res_A=args.start_res,
@@ -172,27 +172,6 @@ def main(args: argparse.Namespace) -> int:
         return 130
     print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=2,
                      default=float))
-    for line in result_lines(summary):
+    for line in summary_lines(summary):
         print(line)
     return 0
-
-
-def result_lines(summary: dict) -> list[str]:
-    """The human summary of an ab initio run's ``run.json`` fields (printed last)."""
-    lines = []
-    half = summary.get("half_map_resolution")
-    if half is None:
-        lines.append("half-map resolution (FSC 0.143): none — "
-                     f"{summary.get('half_map_null_reason')}")
-    else:
-        better = "" if half["crossed"] else "better than "
-        lines.append(f"half-map resolution (FSC 0.143, gold standard): {better}"
-                     f"{half['value_A']:.1f} Å (fitted band limit "
-                     f"{summary['fitted_band_limit_A']:.1f} Å)")
-    truth = summary.get("truth_resolution")
-    if truth is not None:
-        better = "" if truth["crossed"] else "better than "
-        value = "none" if truth["value_A"] is None else f"{truth['value_A']:.1f} Å"
-        lines.append(f"map vs truth (FSC 0.5, aligned): {better}{value}, correlation "
-                     f"{summary['truth_correlation']:.3f}")
-    return lines
