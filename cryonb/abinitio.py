@@ -22,7 +22,9 @@ folder (:class:`cryonb.checkpoint.RunLock`).
 
 Run folder::
 
-    map.mrc, half1.mrc, half2.mrc   maps with the pixel size in the header
+    map.mrc                         the ab initio map: mean of sagd_half1.mrc, sagd_half2.mrc
+    half1.mrc, half2.mrc            each half's particles reconstructed at its MAP poses (the
+                                    gold-standard pair); map_from_halves.mrc their mean
     particles.star                  RELION 3.1: MAP poses and origins, rlnRandomSubset 1/2
     history.csv                     per-iteration objective, held-out NLL, w, L, step, IS fraction
     fsc.png, fsc.csv                half-map FSC (and vs the truth when it is known)
@@ -556,8 +558,9 @@ class AbInitioRun:
         steps = min(h.solver.iteration for h in self.halves)
         if fitted is None or steps < n_min:
             return (f"the budget ended {steps} iterations after the split; a half needs "
-                    f"{n_min} at a band limit to have fitted its own data, so the two maps "
-                    "are still the common map and not independent half-maps")
+                    f"{n_min} at a band limit to have fitted its own data, so each half's "
+                    "map, and the poses found under it, are still the common run's: no "
+                    "independent half-maps")
         split = self.split_max_freq_invA
         if resolution.crossed and split and resolution.value_A > 1.0 / split + 1e-6:
             return (f"the half-map FSC falls to 0.143 at {resolution.value_A:.1f} Å, coarser "

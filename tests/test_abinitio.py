@@ -156,7 +156,7 @@ def test_no_independent_halves_gives_a_null_resolution_with_its_reason(tiny_set,
     assert summary["iterations"] == {"common": 2, "half1": 4, "half2": 4}
     assert summary["half_map_resolution_A_0143"] is None
     assert summary["half_map_resolution"] is None
-    assert "not independent" in summary["half_map_null_reason"]
+    assert "no independent half-maps" in summary["half_map_null_reason"]
     saved = json.loads((tmp_path / "run.json").read_text())
     assert saved["half_map_resolution_A_0143"] is None and saved["half_map_null_reason"]
     assert any("none" in line for line in summary_lines(summary))
@@ -307,36 +307,84 @@ def test_a_second_run_on_the_same_folder_is_refused(tiny_set, tmp_path):
         pass
 
 
-@pytest.mark.slow
-def test_abinitio_recovers_groel_from_a_random_start(tmp_path):
-    """GroEL-GroES (1AON) at 32 px / 11.2 Å, SNR 0.05, 800 particles, 3 minutes of solver time.
-
-    Scored after alignment (rotation, translation, hand) against the truth and against what
-    the low-passed random start itself scores (measured: start 0.41-0.43 correlation, FSC 0.5
-    at 179 Å; ab initio 0.82 and 32.6 Å with 1,000 particles in the demo).
-    """
-    from cryonb.alignment import align_maps
-    from cryonb.fourier import lowpass
-    from cryonb.sagd import random_spheres
+def _groel_set(path, box, psize, n, snr, seed):
     from cryonb.samples import sample_path
     from cryonb.synthetic.density import DensityParams, density_from_file
     from cryonb.synthetic.particles import read_ctf_table
 
-    box, psize = 32, 11.2
     truth = density_from_file(sample_path("1aon.pdb.gz"), DensityParams(box, psize))
-    rng = np.random.default_rng(1)
-    simulate_to_files(truth, psize, SimulationParams(n_particles=800, snr=0.05), rng,
-                      tmp_path / "data", progress=False,
+    simulate_to_files(truth, psize, SimulationParams(n_particles=n, snr=snr),
+                      np.random.default_rng(seed), path, progress=False,
                       ctf_table=read_ctf_table(sample_path("ctf_200kV_cryosparc_P12_J24.csv")))
-    cfg = AbInitioConfig(iterations_per_stage=15, time_limit_min=3.0, particle_radius_A=90.0,
-                         shift_sigma_A=8.4, shift_extent_A=20.0)
+    return truth
+
+
+def _start_correlation(truth, psize, seed):
+    """What the low-passed random start itself scores against the truth (after alignment)."""
+    from cryonb.alignment import align_maps
+    from cryonb.fourier import lowpass
+    from cryonb.sagd import random_spheres
+
+    start = random_spheres(truth.shape[0], np.random.default_rng(seed), mass=truth.sum())
+    return align_maps(np.maximum(lowpass(start, psize, 1 / 40), 0.0), truth, psize).correlation
+
+
+def test_abinitio_recovers_a_small_groel_against_the_truth(tmp_path):
+    """GroEL-GroES (1AON) at 24 px / 14.9 Å (Nyquist 29.9 Å), 600 particles at SNR 0.1, an
+    iteration budget of 60 (deterministic for the seed, whatever the machine's load).
+
+    Measured (seed 1): correlation with the truth 0.787 after alignment, against 0.423 for the
+    low-passed random start; FSC 0.5 against the truth 41.7 Å (capped at the fitted 29.9 Å);
+    half-map FSC 0.143 32.4 Å (seed 2: 0.768 / 0.464, 41.3 Å, 31.8 Å).  The bounds leave
+    room for rounding-level differences between machines, not for a failed recovery: a map
+    that kept the start's shape stays near its correlation (the 16-px test problem, where
+    nothing is learnt, ends within 0.01 of its start), a wrong-handed or misaligned one far
+    below 0.7; the start itself scores 152 Å at FSC 0.5.
+    """
+    truth = _groel_set(tmp_path / "data", 24, 14.93, 600, 0.1, seed=1)
+    cfg = AbInitioConfig(iterations_per_stage=10, max_iterations=60, particle_radius_A=90.0,
+                         shift_sigma_A=8.4, shift_extent_A=20.0, seed=1)
     summary = AbInitioRun(load_simulation(tmp_path / "data"), tmp_path / "run", cfg,
                           progress=False).run()
-    start = np.maximum(lowpass(random_spheres(box, np.random.default_rng(0), mass=truth.sum()),
-                               psize, 1 / 40), 0.0)
-    baseline = align_maps(start, truth, psize).correlation
+    baseline = _start_correlation(truth, 14.93, 1)
+    assert summary["truth_correlation"] > max(0.7, baseline + 0.2), (summary, baseline)
+    assert summary["truth_resolution"]["crossed"]
+    assert summary["truth_resolution_A_05"] <= 55.0
+    # the gold-standard figure, when there is one, is not far better than the truth says
+    # (measured 0.78 of it: the halves share the common map's errors below the split)
+    if summary["half_map_resolution_A_0143"] is not None:
+        ratio = summary["half_map_resolution_A_0143"] / summary["truth_resolution_A_05"]
+        assert ratio > 0.65, summary
+
+
+@pytest.mark.slow
+def test_abinitio_recovers_groel_from_a_random_start(tmp_path):
+    """GroEL-GroES (1AON) at 32 px / 11.2 Å (Nyquist 22.4 Å), SNR 0.05, 800 particles, an
+    iteration budget of 120 (36 common, 84 per half; deterministic for the seed, so the result
+    does not depend on the machine's load as a time budget's did).
+
+    Measured (seed 1, 2026-12-02): correlation with the truth 0.784 after alignment, against
+    0.408 for the low-passed random start; FSC 0.5 against the truth 32.1 Å, capped at the
+    fitted 22.4 Å; the half-map FSC 0.143 fell at 30.6 Å, just coarser than the split (30 Å),
+    so the run reported no gold-standard figure.  Bounds: the correlation must clear the start
+    by 0.25 and 0.7 (0.08 below the measurement: rounding-level differences between machines
+    move it by < 0.01; a recovery that failed stays within a few hundredths of the start, as
+    the 16-px test problem does), FSC 0.5 within 40 Å (25 % above the measurement; the start
+    itself scores 147 Å).
+    """
+    truth = _groel_set(tmp_path / "data", 32, 11.2, 800, 0.05, seed=1)
+    cfg = AbInitioConfig(iterations_per_stage=15, max_iterations=120, particle_radius_A=90.0,
+                         shift_sigma_A=8.4, shift_extent_A=20.0, seed=1)
+    summary = AbInitioRun(load_simulation(tmp_path / "data"), tmp_path / "run", cfg,
+                          progress=False).run()
+    baseline = _start_correlation(truth, 11.2, 1)
     assert summary["truth_correlation"] > max(0.7, baseline + 0.25), (summary, baseline)
-    assert summary["truth_resolution_A_05"] <= 45.0
+    assert summary["truth_resolution"]["crossed"]
+    assert summary["truth_resolution_A_05"] <= 40.0
+    if summary["half_map_resolution_A_0143"] is None:
+        assert summary["half_map_null_reason"]
+    else:  # the gold standard, when given, is not far better than the truth says
+        assert summary["half_map_resolution_A_0143"] > 0.65 * summary["truth_resolution_A_05"]
 
 
 def test_known_pose_cli_matches_the_truth(tiny_set, tmp_path):

@@ -169,12 +169,12 @@ def test_out_of_range_star_value_names_file_column_table_and_row(tmp_path, capsy
 def test_relion30_pixel_size_from_detector_and_magnification_is_range_checked(tmp_path, capsys):
     particles = {**_particles(), "rlnVoltage": [300.0] * 3, "rlnSphericalAberration": [2.7] * 3,
                  "rlnAmplitudeContrast": [0.1] * 3, "rlnDetectorPixelSize": [5.0, 5.0, 5.0],
-                 "rlnMagnification": [38168.0, 38168.0, 1000.0]}  # row 3: 50 Å
+                 "rlnMagnification": [38168.0, 38168.0, 100.0]}  # row 3: 500 Å
     del particles["rlnOpticsGroup"]
     path = tmp_path / "p30.star"
     starfile.write({"images": pd.DataFrame(particles)}, path)
     code, err = _reconstruct(capsys, path, "--out", tmp_path / "run")
-    _assert_one_line(code, err, path, "_rlnDetectorPixelSize / _rlnMagnification", "is 50",
+    _assert_one_line(code, err, path, "_rlnDetectorPixelSize / _rlnMagnification", "is 500",
                      "particles table, data row 3")
 
 

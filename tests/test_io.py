@@ -375,8 +375,8 @@ def test_star_values_at_the_range_limits_are_read_and_beyond_them_named(tmp_path
 
 
 def test_pixel_size_override_skips_the_files_pixel_size_range(tmp_path):
-    path = _write_star(tmp_path / "p.star", _particles(), {**_OPTICS, "rlnImagePixelSize": [50.0]})
-    with pytest.raises(CryonbInputError, match="_rlnImagePixelSize is 50"):
+    path = _write_star(tmp_path / "p.star", _particles(), {**_OPTICS, "rlnImagePixelSize": [500.0]})
+    with pytest.raises(CryonbInputError, match="_rlnImagePixelSize is 500"):
         read_particles_star(path)
     assert read_particles_star(path, pixel_size_A=1.2).pixel_size_A == 1.2
 

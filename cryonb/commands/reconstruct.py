@@ -7,8 +7,11 @@ Ctrl-C / SIGTERM; --resume continues from the last one (also after SIGKILL).
 --scheduler ADDRESS (an existing Dask cluster) or --dask-workers N (a local one) compute each
 minibatch on the workers, each reading its own shard of the particles; the results are the same.
 
-Writes in --out: map.mrc, half1.mrc, half2.mrc, particles.star (MAP poses, rlnRandomSubset),
-history.csv, fsc.png/.csv, run.json, checkpoint.npz.  With --known-poses: map.mrc by
+Writes in --out: map.mrc (mean of the SAGD half-set maps sagd_half1/2.mrc), half1.mrc and
+half2.mrc (each half's particles reconstructed at its MAP poses: the gold-standard pair, FSC 0.143
+in run.json, or null with the reason when the budget ended before the halves were independent),
+map_from_halves.mrc, particles.star (MAP poses, rlnRandomSubset), history.csv, fsc.png/.csv,
+run.json, checkpoint.npz.  With --known-poses: map.mrc by
 least-squares reconstruction with the STAR file's poses (half maps from rlnRandomSubset).
 
 Examples:
@@ -36,7 +39,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--datadir", type=Path, default=None,
                         help="folder the image paths are relative to")
     parser.add_argument("--box", type=int, default=None,
-                        help="Fourier-crop the images to this box (px) on the fly")
+                        help="Fourier-crop the images to this box (px, even, at least "
+                        f"{MIN_BOX}) on the fly")
     parser.add_argument("--max-res", type=float, default=None,
                         help="target resolution in Å (default: Nyquist of the working box)")
     parser.add_argument("--start-res", type=float, default=40.0, help="first band limit, Å (40)")

@@ -24,8 +24,10 @@ defocus U and V        -20,000 to 200,000 Å  underfocus is positive (RELION); p
                                              (overfocus) values, so up to 2 µm of overfocus is
                                              accepted; 20 µm of underfocus is beyond any
                                              single-particle or tomography practice
-pixel size             0.1 to 20 Å           super-resolution pixels are ~0.3-0.5 Å; 20 Å covers
-                                             strongly binned (Fourier-cropped) test sets
+pixel size             0.1 to 100 Å          super-resolution pixels are ~0.3-0.5 Å; 100 Å covers
+                                             strongly binned (Fourier-cropped) teaching and test
+                                             sets (22 Å per pixel: GroEL in 16 px) and still
+                                             catches a size written in pm or in nm x 1000
 =====================  ====================  ======================================================
 """
 
@@ -89,7 +91,7 @@ RANGES: dict[str, PhysicalRange] = {
                                         "(not percent)", high_inclusive=False),
     "defocus": PhysicalRange(-2.0e4, 2.0e5, "Å",
                              "the defocus in Å with underfocus positive, e.g. 15000 for 1.5 µm"),
-    "pixel_size": PhysicalRange(0.1, 20.0, "Å",
+    "pixel_size": PhysicalRange(0.1, 100.0, "Å",
                                 "the pixel size of the particle images in Å, e.g. 1.06"),
 }
 
