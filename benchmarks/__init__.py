@@ -5,6 +5,7 @@ rate, against the vectorised NumPy path, against RELION on the same data), never
 absolute time.
 """
 
+import math
 import time
 from collections.abc import Callable
 
@@ -17,3 +18,10 @@ def best_time(fn: Callable[[], object], repeat: int) -> float:
         fn()
         best = min(best, time.perf_counter() - t0)
     return best
+
+
+def inverse(value: float | None, digits: int = 2) -> float | None:
+    """``1 / value`` rounded (Å <-> 1/Å); None for None, NaN or non-positive."""
+    if value is None or not math.isfinite(value) or value <= 0:
+        return None
+    return round(1.0 / value, digits)

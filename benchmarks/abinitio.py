@@ -80,6 +80,8 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks import inverse
+
 BOX, PSIZE, SNR = 64, 5.6, 0.05
 
 #: RELION 3.1 GUI "3D initial model" settings (everything but the iteration counts).
@@ -169,18 +171,6 @@ def _parse_time_v(text: str) -> tuple[float, float, float]:
     return wall, cpu, (int(match.group(1)) / 1024 if match else float("nan"))
 
 
-def _inv(value: float | None, digits: int = 2) -> float | None:
-    """1/value rounded (Å <-> 1/Å), None for None, NaN or non-positive."""
-    if value is None or not math.isfinite(value) or value <= 0:
-        return None
-    return round(1.0 / value, digits)
-
-
-def _resolution_dict(res) -> dict:
-    """A :class:`cryonb.metrics.Resolution` as JSON, with its short label."""
-    return {**res.to_dict(), "label": res.label}
-
-
 def score_map(volume: np.ndarray, truth: np.ndarray, max_freq_invA: float | None) -> dict:
     """Score ``volume`` against the truth with :func:`cryonb.metrics.score_against_reference`
     (aligned, both hands; FSC 0.5 capped at ``max_freq_invA``, the band limit the map was fitted
@@ -193,9 +183,9 @@ def score_map(volume: np.ndarray, truth: np.ndarray, max_freq_invA: float | None
         vol = fourier_pad(vol, truth.shape[0], ndim=3)
     score = score_against_reference(vol, truth, PSIZE, max_freq_invA=max_freq_invA)
     return {"fitted_invA": None if max_freq_invA is None else round(float(max_freq_invA), 6),
-            "fitted_A": _inv(max_freq_invA),
-            "res05": _resolution_dict(score.resolution),
-            "res0143": _resolution_dict(score.resolution_0143),
+            "fitted_A": inverse(max_freq_invA),
+            "res05": score.resolution.to_dict(),
+            "res0143": score.resolution_0143.to_dict(),
             "correlation": round(float(score.correlation), 4), "flipped": bool(score.flipped)}
 
 

@@ -91,6 +91,8 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks import inverse
+
 BOX, PSIZE = 64, 5.6
 #: Standard deviation of the origins per axis: 3 px (Å).
 SHIFT_SIGMA_A = 3 * PSIZE
@@ -126,18 +128,6 @@ def _write_json(path: Path, obj: dict) -> None:
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(obj, indent=1, default=str))
     tmp.replace(path)
-
-
-def _inv(value: float | None, digits: int = 2) -> float | None:
-    """1/value rounded (Å <-> 1/Å); None for None, NaN or non-positive."""
-    if value is None or not math.isfinite(value) or value <= 0:
-        return None
-    return round(1.0 / value, digits)
-
-
-def _resolution_dict(res) -> dict:
-    """A :class:`cryonb.metrics.Resolution` as JSON, with its short label."""
-    return {**res.to_dict(), "label": res.label}
 
 
 def _load(path: Path) -> tuple[np.ndarray, float]:
@@ -186,9 +176,9 @@ def score_map(volume: np.ndarray, truth: np.ndarray, pixel_size_A: float,
     score = score_against_reference(volume, ref, pixel_size_A, max_freq_invA=max_freq_invA)
     return {"box": int(n), "pixel_size_A": round(float(pixel_size_A), 5),
             "cap_invA": None if max_freq_invA is None else round(float(max_freq_invA), 6),
-            "cap_A": _inv(max_freq_invA),
-            "res05": _resolution_dict(score.resolution),
-            "res0143": _resolution_dict(score.resolution_0143),
+            "cap_A": inverse(max_freq_invA),
+            "res05": score.resolution.to_dict(),
+            "res0143": score.resolution_0143.to_dict(),
             "correlation": round(float(score.correlation), 4), "flipped": bool(score.flipped)}
 
 
@@ -310,7 +300,7 @@ def check_known_poses(data: Path, truth: np.ndarray) -> dict:
         h1, _ = _load(out / "half1.mrc")
         h2, _ = _load(out / "half2.mrc")
         res, _ = half_map_resolution(h1, h2, psize, max_freq_invA=None)
-        result["half_map_0143"] = _resolution_dict(res)
+        result["half_map_0143"] = res.to_dict()
     return result
 
 
@@ -467,7 +457,7 @@ def score_run(run_dir: Path, truth: np.ndarray) -> dict:
             "phase": _phase(summary), "stop_reasons": summary.get("stop_reasons"),
             "solver_wall_s": summary.get("wall_time_s"),
             "fitted_invA": summary.get("final_max_freq_invA"),
-            "fitted_A": _inv(summary.get("final_max_freq_invA")),
+            "fitted_A": inverse(summary.get("final_max_freq_invA")),
             "cap_source": cap_source,
             "half0143_A": reported, "half0143_crossed": None if half is None else half["crossed"],
             "half0143": half, "half_null_reason": summary.get("half_map_null_reason"),

@@ -85,10 +85,10 @@ class Resolution:
         return f"{'' if self.crossed else '<'}{self.value_A:.1f} Å"
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready fields (``value_A`` None when infinite)."""
+        """JSON-ready fields (``value_A`` None when infinite) and the short :attr:`label`."""
         value = None if not math.isfinite(self.value_A) else round(self.value_A, 3)
         return {"value_A": value, "threshold": self.threshold, "crossed": self.crossed,
-                "limit_A": round(self.limit_A, 3)}
+                "limit_A": round(self.limit_A, 3), "label": self.label}
 
 
 def crossing(freq_invA: ArrayLike, curve: ArrayLike, threshold: float, *,
