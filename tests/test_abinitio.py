@@ -370,6 +370,7 @@ def test_abinitio_recovers_a_small_groel_against_the_truth(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2700)  # 120 iterations at 32 px: 24 min measured with load 5 on 2 cores
 def test_abinitio_recovers_groel_from_a_random_start(tmp_path):
     """GroEL-GroES (1AON) at 32 px / 11.2 Å (Nyquist 22.4 Å), SNR 0.05, 800 particles, an
     iteration budget of 120 (36 common, 84 per half; deterministic for the seed, so the result
