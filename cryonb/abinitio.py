@@ -296,6 +296,7 @@ class AbInitioRun:
         Raises :class:`cryonb.io.errors.CryonbInputError` when another process works in
         ``out_dir`` or when a resume is asked with options that change the job.
         """
+        self.out_dir.mkdir(parents=True, exist_ok=True)
         with RunLock(self.out_dir):
             return self._run(resume)
 
