@@ -589,8 +589,9 @@ class AbInitioRun:
         rotations = np.zeros((n, 3, 3))
         shifts = np.zeros((n, 2))
         maps = []
-        model = ImageModel(self.work.box_size, self.work.pixel_size_A, max_freq_invA=min(
-            max_freq_invA, 0.5 / self.work.pixel_size_A))
+        # the band limit comes from the schedule, which is clamped at the box's Nyquist
+        model = ImageModel(self.work.box_size, self.work.pixel_size_A,
+                           max_freq_invA=max_freq_invA)
         for h in self.halves:
             obj = h.solver.objective
             acc = BackprojectionAccumulator(model)
