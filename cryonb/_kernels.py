@@ -8,9 +8,12 @@
   (``score[r, b * nS + s]`` for rotation ``r``, image ``b``, shift ``s``): completing the GEMM
   cross terms into scores with their maxima, the exponential sums of the value pass and the
   posterior of the gradient pass, each one parallel sweep instead of several NumPy passes with
-  temporaries.  Their NumPy twins are in :mod:`cryonb.likelihood`.  Exponentials of arguments
+  temporaries.  Their NumPy twins are in :mod:`cryonb.likelihood.scores`.  Exponentials of arguments
   below ``lo`` (chosen below the underflow threshold of the dtype) are not evaluated: they are
   exactly 0 in that dtype.
+* The scores and gradient rows of many small image groups (importance-sampled images, each
+  with its own small pose subset) at once: single-threaded small GEMMs per group, threads
+  across groups (:meth:`cryonb.likelihood.MarginalLikelihood.evaluate`).
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ __all__ = [
     "score_block_gather_above",
     "score_block_posterior",
     "slice_trilinear",
+    "small_group_gradients",
+    "small_group_scores",
     "subtract_h_term",
 ]
 
@@ -374,3 +379,80 @@ def subtract_h_term(pr, h2, xv, out):  # pragma: no cover - jitted
         for k in range(mh):
             o[2 * k] -= h[k] * x[2 * k]
             o[2 * k + 1] -= h[k] * x[2 * k + 1]
+
+
+# ------------------------------------------------------------------------ small image groups
+@numba.njit(parallel=True, fastmath=True, cache=True)
+def small_group_scores(xt, rows, rot_ptr, zv, col_ptr, hrep, img_ptr, n_shift, lwr, lws,
+                        out_ptr, out):  # pragma: no cover - jitted
+    """Scores of many small groups: for group g, rotation a (slice row ``rows[a]`` of ``xt``),
+    image m and shift s: ``<x, zv[m, s]> - <x^2, hrep[m]> + lwr[a] + lws[m, s]``.
+
+    xt : (n_table, 2Mh) interleaved real slices; zv : (sum G nS, 2Mh); hrep : (sum G, 2Mh);
+    out : flat, group g at ``out_ptr[g]`` laid out (n_r, G, nS).  One thread per group.
+    """
+    n_groups = rot_ptr.shape[0] - 1
+    k = xt.shape[1]
+    for g in numba.prange(n_groups):
+        r0 = rot_ptr[g]
+        c0 = col_ptr[g]
+        i0 = img_ptr[g]
+        nr = rot_ptr[g + 1] - r0
+        nc = col_ptr[g + 1] - c0
+        ni = img_ptr[g + 1] - i0
+        ns = n_shift[g]
+        o = out_ptr[g]
+        for a in range(nr):
+            row = rows[r0 + a]
+            for im in range(ni):
+                nrm = xt[row, 0] * 0
+                for j in range(k):
+                    v = xt[row, j]
+                    nrm += v * v * hrep[i0 + im, j]
+                base = lwr[r0 + a] - nrm
+                for s in range(ns):
+                    c = im * ns + s
+                    acc = xt[row, 0] * 0
+                    for j in range(k):
+                        acc += xt[row, j] * zv[c0 + c, j]
+                    out[o + a * nc + c] = acc + base + lws[c0 + c]
+
+
+@numba.njit(parallel=True, fastmath=True, cache=True)
+def small_group_gradients(p, out_ptr, xt, rows, rot_ptr, zv, col_ptr, h2rep, img_ptr,
+                           n_shift, grad):  # pragma: no cover - jitted
+    """Gradient rows of many small groups (interleaved real, one row per group rotation):
+    ``grad[a] = sum_{m,s} p[a,m,s] zv[m,s] - x_a * sum_m (sum_s p[a,m,s]) h2rep[m]``.
+    Posterior weights that are exactly 0 are skipped."""
+    n_groups = rot_ptr.shape[0] - 1
+    k = xt.shape[1]
+    for g in numba.prange(n_groups):
+        r0 = rot_ptr[g]
+        c0 = col_ptr[g]
+        i0 = img_ptr[g]
+        nr = rot_ptr[g + 1] - r0
+        nc = col_ptr[g + 1] - c0
+        ni = img_ptr[g + 1] - i0
+        ns = n_shift[g]
+        o = out_ptr[g]
+        tmp = np.empty(k, dtype=grad.dtype)  # thread-local accumulator (vectorises)
+        for a in range(nr):
+            row = rows[r0 + a]
+            tmp[:] = 0
+            for im in range(ni):
+                pr = p[o] * 0
+                for s in range(ns):
+                    c = im * ns + s
+                    w = p[o + a * nc + c]
+                    if w == 0:
+                        continue
+                    pr += w
+                    zrow = zv[c0 + c]
+                    for j in range(k):
+                        tmp[j] += w * zrow[j]
+                if pr != 0:
+                    hrow = h2rep[i0 + im]
+                    xrow = xt[row]
+                    for j in range(k):
+                        tmp[j] -= pr * hrow[j] * xrow[j]
+            grad[r0 + a, :] = tmp

@@ -18,24 +18,15 @@ truth the map is also scored against it at FSC 0.5 (aligned, both hands, same ca
 Checkpoints hold only completed iterations: if an iteration raises, the last good checkpoint is
 left as it was.  A resume refuses options that change the job (budgets may change; the first
 stage keeps its saved length and the run says so).  One process at a time works in a run
-folder (:class:`cryonb.checkpoint.RunLock`).
+folder (:class:`cryonb.checkpoint.RunLock`, through :class:`cryonb.run_folder.RunFolder`).
 
-Run folder::
-
-    map.mrc                         the ab initio map: mean of sagd_half1.mrc, sagd_half2.mrc
-    half1.mrc, half2.mrc            each half's particles reconstructed at its MAP poses (the
-                                    gold-standard pair); map_from_halves.mrc their mean
-    particles.star                  RELION 3.1: MAP poses and origins, rlnRandomSubset 1/2
-    history.csv                     per-iteration objective, held-out NLL, w, L, step, IS fraction
-    fsc.png, fsc.csv                half-map FSC (and vs the truth when it is known)
-    run.json                        configuration, timing, resolutions (see _finish)
-    checkpoint.npz                  everything needed to resume (written atomically)
+The run folder's files are listed in :mod:`cryonb.run_folder`; the settings and their
+translation to the solver's parameters are in :mod:`cryonb.config`.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import signal
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -45,89 +36,19 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from .checkpoint import RunLock, load_checkpoint, save_checkpoint
+from .config import BUDGET_OPTIONS, AbInitioConfig, is_schedule_for
 from .dataset import Dataset
 from .diagnostics import estimate_mass
 from .fourier import lowpass
-from .importance import ImportanceSampler, ISSchedule
+from .importance import ImportanceSampler
 from .io.errors import input_error
-from .objective import MarginalObjective, QuadratureOptions
+from .objective import MarginalObjective
 from .priors import ExponentialPrior
-from .sagd import (
-    GradientMemory,
-    SAGDParams,
-    SAGDSolver,
-    band_limit_at,
-    random_spheres,
-)
+from .run_folder import RunFolder, finite, summary_lines
+from .sagd import SAGDSolver, random_spheres
 
-__all__ = ["AbInitioConfig", "AbInitioRun", "estimate_mass", "is_schedule_for", "summary_lines"]
-
-
-@dataclass(frozen=True)
-class AbInitioConfig:
-    """Settings of an ab initio run (units in the names).
-
-    ``box_size``: Fourier-crop the images to this box first (None: keep).  ``max_res_A``:
-    target resolution (None: Nyquist of the working box).  ``start_res_A``: first band limit
-    (paper: 40 Å).  ``first_stage_epochs``: the first band-limit stage lasts this many
-    passes over the training images (at least ``iterations_per_stage`` iterations, at most a
-    third of ``max_iterations`` when that budget is given): the shape
-    is decided there (measured on 10,000 GroEL images at 7.5 Å/px, correlation with the truth
-    of the 40 Å map: 0.55 after 0.5 epoch, 0.63 / 0.68 / 0.76 after 1.5 / 2 / 3 epochs; a
-    correct 40 Å map scores 0.79).  ``split_res_A``: where the two half-sets separate.  Budgets:
-    ``max_iterations`` and ``time_limit_min`` (the whole job; an iteration of the two halves
-    counts once).  ``common_fraction``: the common phase ends (the halves separate) after this
-    fraction of either budget at the latest, so that a short budget still leaves two thirds of
-    itself for independent halves; the first stage is capped the same way in an iteration
-    budget.  ``min_fitted_iterations``: a band limit counts as fitted (for the FSC cap and for
-    independent halves) only after this many iterations at it; 10 iterations of 100 images
-    let the new shell's coefficients move from zero to a third or more of their final size
-    (the learning rate is about 1 then).  ``checkpoint_every_s``: how often to save.
-    ``prior_rate``: the exponential prior's rate per unit density (None: no prior).
-    """
-
-    box_size: int | None = None
-    max_res_A: float | None = None
-    start_res_A: float = 40.0
-    first_stage_epochs: float = 3.0
-    split_res_A: float = 30.0
-    freq_step_invA: float = 0.005
-    iterations_per_stage: int = 30
-    batch_size: int = 100
-    n_heldout: int = 50
-    max_iterations: int | None = None
-    time_limit_min: float | None = None
-    seed: int = 0
-    particle_radius_A: float | None = None
-    shift_sigma_A: float = 10.0
-    shift_extent_A: float = 30.0
-    ess_scale: float = 10.0
-    prior_rate: float | None = None
-    checkpoint_every_s: float = 120.0
-    gold_standard: bool = True
-    common_fraction: float = 1.0 / 3.0
-    min_fitted_iterations: int = 10
-
-    def __post_init__(self) -> None:
-        if not 0.0 < self.common_fraction < 1.0:
-            raise ValueError(f"common_fraction must lie in (0, 1), got {self.common_fraction}")
-        if self.min_fitted_iterations < 1:
-            raise ValueError("min_fitted_iterations must be >= 1")
-
-
-#: Options whose change between a run and its resume only changes the budget, not the job.
-BUDGET_OPTIONS = ("checkpoint_every_s", "time_limit_min", "max_iterations")
-
-
-def is_schedule_for(iterations_per_stage: int) -> ISSchedule:
-    """The reference's IS schedule, compressed in time by ``iterations_per_stage / 150``."""
-    f = iterations_per_stage / 150.0
-    ref = ISSchedule.reference()
-    return replace(ref, alpha_rate=ref.alpha_rate / f, alpha_delay=round(ref.alpha_delay * f),
-                   temperature_scale=ref.temperature_scale * f,
-                   temperature_delay=round(ref.temperature_delay * f),
-                   chirality_flip_until=round(ref.chirality_flip_until * f))
+__all__ = ["BUDGET_OPTIONS", "AbInitioConfig", "AbInitioRun", "estimate_mass",
+           "is_schedule_for", "summary_lines"]
 
 
 @dataclass
@@ -156,6 +77,7 @@ class AbInitioRun:
 
     def __post_init__(self) -> None:
         self.out_dir = Path(self.out_dir)
+        self.folder = RunFolder(self.out_dir)
         self._stop = False
         self._last_checkpoint = 0.0
         self.phase = "common"
@@ -171,22 +93,10 @@ class AbInitioRun:
             ds = ds.fourier_cropped(cfg.box_size)
         self.work = ds
         self.noise_sigma = ds.estimate_noise_sigma()
-        nyquist = 0.5 / ds.pixel_size_A
-        target = nyquist if cfg.max_res_A is None else min(nyquist, 1.0 / cfg.max_res_A)
-        start = min(1.0 / cfg.start_res_A, target)
-        split = min(max(1.0 / cfg.split_res_A, start), target)
-        params = SAGDParams(
-            batch_size=min(cfg.batch_size, max(1, len(ds) // 4)), n_heldout=cfg.n_heldout,
-            start_max_freq_invA=start, target_max_freq_invA=target,
-            freq_step_invA=cfg.freq_step_invA, iterations_per_stage=cfg.iterations_per_stage,
-            eps_halving=cfg.iterations_per_stage,
-            max_iterations=cfg.max_iterations,
-            time_limit_s=None if cfg.time_limit_min is None else 60.0 * cfg.time_limit_min)
-        first = int(np.ceil(cfg.first_stage_epochs * params.split_sizes(len(ds))[1]))
-        if cfg.max_iterations is not None:  # leave room for the march in an iteration budget
-            first = min(first, int(cfg.max_iterations * cfg.common_fraction))
-        self.params = replace(params, first_stage_iterations=max(cfg.iterations_per_stage, first))
-        self.split_freq = split
+        # the band-limit schedule is made once here (Nyquist of the working box applied)
+        self.band_limits = cfg.band_limits(ds.pixel_size_A)
+        self.params = cfg.sagd_params(len(ds), self.band_limits)
+        self.split_freq = cfg.split_invA(self.band_limits)
         self.mass = estimate_mass(ds)
         if not np.isfinite(self.mass) or self.mass <= 0:
             raise input_error(getattr(self.dataset, "source_path", None) or "particles",
@@ -196,18 +106,16 @@ class AbInitioRun:
                               "Dataset.inverted())")
         self.rng = np.random.default_rng(cfg.seed)
         self.objective_rng = np.random.default_rng([cfg.seed, 1])
-        radius = cfg.particle_radius_A or 0.4 * ds.box_size * ds.pixel_size_A
-        self.qopts = QuadratureOptions(particle_radius_A=radius, shift_sigma_A=cfg.shift_sigma_A,
-                                       shift_extent_A=cfg.shift_extent_A)
+        self.qopts = cfg.quadrature_options(ds.box_size, ds.pixel_size_A)
         self.prior = None
         if cfg.prior_rate is not None:
             self.prior = ExponentialPrior(cfg.prior_rate)
 
     def _objective(self, dataset: Dataset, rng: np.random.Generator) -> MarginalObjective:
-        sampler = ImportanceSampler(len(dataset), is_schedule_for(self.config.iterations_per_stage),
+        sampler = ImportanceSampler(len(dataset), self.config.is_schedule(),
                                     ess_scale=self.config.ess_scale)
         return MarginalObjective(dataset, self.noise_sigma, rng=rng, sampler=sampler,
-                                 quadrature=self.qopts)
+                                 quadrature=self.qopts, backend=self.config.backend)
 
     def _common_solver(self) -> SAGDSolver:
         params = replace(self.params, target_max_freq_invA=self.split_freq,
@@ -264,20 +172,16 @@ class AbInitioRun:
         0.36 GB at 200,000 particles) are then neither kept in memory nor written to the
         checkpoints; its map, iteration count and history stay.
         """
-        self.common.memory = GradientMemory(self.common.box_size)
-        objective = getattr(self.common.objective, "local", self.common.objective)
-        objective.sampler = None
+        self.common.release_memory()
+        self.common.objective.sampler = None
 
     def _carry_over_sampling(self, objective: MarginalObjective, ids: NDArray) -> None:
         """Start a half's importance sampler from the common run's state of its particles."""
         common = self.common.objective.sampler
         if common is None or objective.sampler is None:
             return
-        state = common.state_dict()
-        for key, value in state.items():
-            if key == "quad_id" or key.split("_")[0] in ("idx", "logp", "rest"):
-                state[key] = value[ids]
-        objective.sampler.load_state_dict(state, objective.quadrature_for)
+        objective.sampler.load_state_dict(common.subset(ids).state_dict(),
+                                          objective.quadrature_for)
 
     # ------------------------------------------------------------------ loop
     def _on_record(self, solver: SAGDSolver, record: dict) -> None:
@@ -296,14 +200,13 @@ class AbInitioRun:
         Raises :class:`cryonb.io.errors.CryonbInputError` when another process works in
         ``out_dir`` or when a resume is asked with options that change the job.
         """
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        with RunLock(self.out_dir):
+        self.config.check_backend()  # one clear line, before any work
+        with self.folder.lock():
             return self._run(resume)
 
     def _run(self, resume: bool) -> dict[str, Any]:
         self._prepare()
-        ckpt = self.out_dir / "checkpoint.npz"
-        state = load_checkpoint(ckpt) if resume and ckpt.exists() else None
+        state = self.folder.load_checkpoint() if resume else None
         if state is not None:
             self._check_resume(state)
         self.common = self._common_solver()
@@ -324,7 +227,7 @@ class AbInitioRun:
         # request): an exception inside an iteration leaves the last good checkpoint alone
         self.checkpoint()
         if self._stop and not self._finished():
-            return {"status": "interrupted", "checkpoint": str(ckpt)}
+            return {"status": "interrupted", "checkpoint": str(self.folder.checkpoint_path)}
         return self._finish()
 
     def _finished(self) -> bool:
@@ -357,7 +260,7 @@ class AbInitioRun:
         it = self.common.iteration
         w = self.split_freq
         if forced:
-            w = min(w, band_limit_at(max(it - 1, 0), self.common.params)[1])
+            w = min(w, self.common.band_limits.at(max(it - 1, 0))[1])
         self._split(self.common.volume, it, w)
         self.phase = "halves"
 
@@ -386,14 +289,14 @@ class AbInitioRun:
             reason = self._budget_exhausted()
             if reason and self.phase == "halves":
                 for h in self.halves:
-                    h.solver.state.stop_reason = h.solver.state.stop_reason or reason
+                    h.solver.stop(reason)
                 break
             if reason:  # still in the common phase: split now and stop both halves at once
                 self._split_now(forced=True)
                 continue
             if self.phase == "common":
                 self.common.step()
-                _, w = band_limit_at(self.common.iteration, self.common.params)
+                _, w = self.common.band_limits.at(self.common.iteration)
                 if w >= self.split_freq - 1e-12 or self.common.done:
                     self._split_now(forced=False)
                 elif self._common_budget_used():
@@ -426,26 +329,19 @@ class AbInitioRun:
             state["split_max_freq_invA"] = float(self.split_max_freq_invA or 0.0)
             for h in self.halves:
                 state[h.name] = h.solver.state_dict()
-        return save_checkpoint(self.out_dir / "checkpoint.npz", state)
+        return self.folder.save_checkpoint(state)
 
     def _check_resume(self, state: dict[str, Any]) -> None:
         """Refuse a resume whose options change the job; keep the saved schedule when only the
         budget changed (and say so in :attr:`messages`)."""
         saved = json.loads(str(state["config"]))
-        current = json.loads(json.dumps(asdict(self.config)))
-        differ = sorted(k for k in current
-                        if k not in BUDGET_OPTIONS and saved.get(k) != current[k])
+        current = self.config.as_json()
+        differ, changed = self.config.resume_differences(saved)
         if differ:
-            raise input_error(self.out_dir / "checkpoint.npz", "it was made with other "
-                              "options: " + ", ".join(f"{k} = {saved.get(k)} (now {current[k]})"
-                                                      for k in differ),
-                              "resume with the same options (only --iterations, --time-limit "
-                              "and --checkpoint-min may change) or use another --out")
+            self.folder.refuse_resume(differ, saved, current)
         first = int(state.get("first_stage_iterations", 0)) or None
         if first is not None and first != self.params.first_stage_iterations:
             self.params = replace(self.params, first_stage_iterations=first)
-        changed = [k for k in BUDGET_OPTIONS if saved.get(k) != current[k]
-                   and k != "checkpoint_every_s"]
         if changed:
             self.messages.append(
                 "resuming with a new budget (" + ", ".join(f"{k} {saved.get(k)} -> {current[k]}"
@@ -484,17 +380,15 @@ class AbInitioRun:
         a known truth ``truth_resolution_A_05`` (FSC 0.5 of ``map.mrc`` against the truth after
         alignment, same cap; ``truth_resolution_from_halves`` for ``map_from_halves.mrc``).
         """
-        from .io import write_mrc, write_particles_star
         from .metrics import half_map_resolution, score_against_reference
-        from .plotting import fsc_figure
 
-        ds, out = self.work, self.out_dir
+        ds, out = self.work, self.folder
         psize = ds.pixel_size_A
         sagd = [h.solver.volume.astype(np.float32) for h in self.halves]
-        write_mrc(out / "sagd_half1.mrc", sagd[0], psize)
-        write_mrc(out / "sagd_half2.mrc", sagd[1], psize)
+        out.write_map("sagd_half1", sagd[0], psize)
+        out.write_map("sagd_half2", sagd[1], psize)
         final = (sagd[0] + sagd[1]) / 2
-        write_mrc(out / "map.mrc", final, psize)
+        out.write_map("map", final, psize)
         # above the band limit the halves have fitted, their content is made by positivity
         # from what lies below it (no data were fitted there): every FSC stops at that limit
         fitted = self.fitted_band_limit_invA()
@@ -503,9 +397,9 @@ class AbInitioRun:
                                                  or self.split_max_freq_invA)
         rotations, shifts, halves = self._map_poses(cap)
         for i, half in enumerate(halves):
-            write_mrc(out / f"half{i + 1}.mrc", half, psize)
+            out.write_map(f"half{i + 1}", half, psize)
         from_halves = (halves[0] + halves[1]) / 2
-        write_mrc(out / "map_from_halves.mrc", from_halves, psize)
+        out.write_map("map_from_halves", from_halves, psize)
         resolution, curve = half_map_resolution(halves[0], halves[1], psize, max_freq_invA=cap)
         reason = self._no_gold_standard(fitted, resolution)
         curves = [curve]
@@ -513,7 +407,7 @@ class AbInitioRun:
         summary: dict[str, Any] = {
             "status": "done", "n_particles": len(ds), "box_size": ds.box_size,
             "pixel_size_A": psize,
-            "half_map_resolution_A_0143": None if reason else _finite(resolution.value_A),
+            "half_map_resolution_A_0143": None if reason else finite(resolution.value_A),
             "half_map_resolution": None if reason else resolution.to_dict(),
             "half_map_null_reason": reason,
             "final_max_freq_invA": fitted,
@@ -528,29 +422,21 @@ class AbInitioRun:
         }
         if ds.truth is not None and ds.truth.volume is not None:
             score = score_against_reference(final, ds.truth.volume, psize, max_freq_invA=cap)
-            write_mrc(out / "map_aligned_to_truth.mrc", score.aligned.astype(np.float32), psize)
+            out.write_map("map_aligned_to_truth", score.aligned, psize)
             other = score_against_reference(from_halves, ds.truth.volume, psize,
                                             max_freq_invA=cap)
             curves += [score.curve, other.curve]
             labels += ["map vs truth", "map from halves vs truth"]
-            summary.update({"truth_resolution_A_05": _finite(score.resolution.value_A),
+            summary.update({"truth_resolution_A_05": finite(score.resolution.value_A),
                             "truth_resolution": score.resolution.to_dict(),
                             "truth_resolution_0143": score.resolution_0143.to_dict(),
                             "truth_correlation": score.correlation,
                             "hand_flipped": score.flipped,
                             "truth_resolution_from_halves": other.resolution.to_dict()})
-        fsc_figure(curves, labels).savefig(out / "fsc.png", dpi=90)
-        np.savetxt(out / "fsc.csv", np.stack([curves[0].freq_invA] + [c.fsc for c in curves], 1),
-                   delimiter=",", header="freq_invA," + ",".join(labels), comments="")
-        self._write_history(out / "history.csv")
-        write_particles_star(
-            out / "particles.star",
-            image_paths=[str(p) for p in self._source_paths()],
-            image_indices=self._source_indices(), pixel_size_A=self.dataset.pixel_size_A,
-            box_size=self.dataset.box_size, ctf=self.dataset.ctf, rotations=rotations,
-            shifts_A=shifts, half_set=self.half_labels)
-        (out / "run.json").write_text(json.dumps({**summary, "config": asdict(self.config)},
-                                                 indent=2, default=float) + "\n")
+        out.write_fsc(curves, labels)
+        out.write_history([("common", self.common)] + [(h.name, h.solver) for h in self.halves])
+        out.write_star(self.dataset, rotations, shifts, self.half_labels)
+        out.write_summary(summary, asdict(self.config))
         return summary
 
     def _no_gold_standard(self, fitted: float | None, resolution: Any) -> str | None:
@@ -568,15 +454,6 @@ class AbInitioRun:
                     f"than the split at {1.0 / split:.1f} Å, where the halves still share "
                     "the common start: no independent estimate")
         return None
-
-    def _write_history(self, path: Path) -> None:
-        rows = []
-        for name, solver in [("common", self.common)] + [(h.name, h.solver) for h in self.halves]:
-            for r in solver.state.records:
-                rows.append({"phase": name, **r})
-        import pandas as pd
-
-        pd.DataFrame(rows).to_csv(path, index=False)
 
     def _map_poses(self, max_freq_invA: float) -> tuple[NDArray, NDArray, list[NDArray]]:
         """MAP rotation and origin (Å) of every particle under its half's final map, and each
@@ -596,7 +473,7 @@ class AbInitioRun:
             obj = h.solver.objective
             acc = BackprojectionAccumulator(model)
             if obj.likelihood is None:  # the budget ran out before this half took a step
-                obj.set_band_limit(h.solver.params.start_max_freq_invA)
+                obj.set_band_limit(h.solver.band_limits.start_invA)
             for start in range(0, len(h.ids), 200):
                 local = np.arange(start, min(len(h.ids), start + 200))
                 if start + 200 < len(h.ids):  # read the next batch while this one is scored
@@ -611,48 +488,7 @@ class AbInitioRun:
             maps.append(acc.direct_inversion().astype(np.float32))
         return rotations, shifts, maps
 
-    def _source_paths(self) -> list[str]:
-        src = self.dataset._source
-        if hasattr(src, "stack_paths"):
-            sel = self.dataset._selection
-            return [src.stack_paths[s] for s in src.stack_of[sel]]
-        return ["images.mrcs"] * len(self.dataset)
-
-    def _source_indices(self) -> NDArray:
-        src = self.dataset._source
-        if hasattr(src, "index_in_stack"):
-            return src.index_in_stack[self.dataset._selection]
-        return np.arange(len(self.dataset))
-
-
-def _finite(value: float) -> float | None:
-    """``value``, or None (JSON null) when it is not finite."""
-    return float(value) if math.isfinite(value) else None
-
-
 def _last_band_limit(solver: SAGDSolver) -> float:
     """The band limit (1/Å) of ``solver``'s last iteration (its start before any)."""
     records = solver.state.records
-    return float(records[-1]["max_freq_invA"] if records else solver.params.start_max_freq_invA)
-
-
-def summary_lines(summary: dict[str, Any]) -> list[str]:
-    """The resolution statements of a run's summary (``run.json``) as sentences: the
-    half-map resolution (or why there is none) and, with a known truth, the map's."""
-    lines = []
-    half = summary.get("half_map_resolution")
-    if half is None:
-        lines.append("half-map resolution (FSC 0.143): none — "
-                     f"{summary.get('half_map_null_reason')}")
-    else:
-        better = "" if half["crossed"] else "better than "
-        lines.append(f"half-map resolution (FSC 0.143, gold standard): {better}"
-                     f"{half['value_A']:.1f} Å (fitted band limit "
-                     f"{summary['fitted_band_limit_A']:.1f} Å)")
-    truth = summary.get("truth_resolution")
-    if truth is not None:
-        better = "" if truth["crossed"] else "better than "
-        value = "none" if truth["value_A"] is None else f"{truth['value_A']:.1f} Å"
-        lines.append(f"map vs truth (FSC 0.5, aligned): {better}{value}, correlation "
-                     f"{summary['truth_correlation']:.3f}")
-    return lines
+    return float(records[-1]["max_freq_invA"] if records else solver.band_limits.start_invA)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from . import __version__
 
@@ -20,8 +20,13 @@ COMMANDS = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser with every subcommand registered."""
+def build_parser(options_of: Collection[str] | None = None) -> argparse.ArgumentParser:
+    """The argument parser with every subcommand registered.
+
+    ``options_of``: the subcommands whose options are registered too (None: all).  Options
+    generated from a config dataclass import its module (``reconstruct`` imports
+    :mod:`cryonb.abinitio`), so :func:`main` registers only those of the command it runs.
+    """
     parser = argparse.ArgumentParser(
         prog="cryonb",
         description="Ab initio cryo-EM reconstruction (Brubaker, Punjani & Fleet 2015). "
@@ -34,14 +39,17 @@ def build_parser() -> argparse.ArgumentParser:
         doc = (module.__doc__ or "").strip().splitlines()[0]
         p = sub.add_parser(name, help=doc, description=module.__doc__,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
-        module.add_args(p)
-        p.set_defaults(_module=module)
+        if options_of is None or name in options_of:
+            module.add_args(p)
+        p.set_defaults(command_module=module)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``cryonb`` console script."""
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser([command] if command in COMMANDS else [])
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
@@ -49,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .io.errors import CryonbInputError
 
     try:
-        return int(args._module.main(args) or 0)
+        return int(args.command_module.main(args) or 0)
     except CryonbInputError as err:
         print(f"cryonb {args.command}: error: {err}", file=sys.stderr)
         return 1

@@ -25,12 +25,10 @@ half-sets 0/1 (-1 unassigned).
 from __future__ import annotations
 
 import os
-import threading
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Protocol
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -42,143 +40,9 @@ from .io.errors import input_error
 from .io.metadata import ParticleMetadata
 from .io.mrc import MrcStackWriter, read_mrc
 from .io.star import read_particles_star, write_particles_star
-from .streaming import prefetch_batches
+from .streaming import ArraySource, ImageSource, StackSource, prefetch_batches
 
 __all__ = ["Batch", "Dataset", "GroundTruth"]
-
-
-# --------------------------------------------------------------------------- image sources
-class ImageSource(Protocol):
-    """Where raw pixels come from: ``read(indices)`` -> float32 ``(k, N, N)``."""
-
-    n_images: int
-    box_size: int
-
-    def read(self, indices: NDArray) -> NDArray: ...
-
-    def describe(self, index: int) -> str: ...
-
-
-@dataclass(frozen=True, eq=False)
-class _ArraySource:
-    array: NDArray  # (n, N, N)
-
-    @property
-    def n_images(self) -> int:
-        return int(self.array.shape[0])
-
-    @property
-    def box_size(self) -> int:
-        return int(self.array.shape[-1])
-
-    def read(self, indices: NDArray) -> NDArray:
-        return np.asarray(self.array[indices], dtype=np.float32)
-
-    def describe(self, index: int) -> str:
-        return f"in-memory image {index}"
-
-
-@dataclass(frozen=True)
-class _StackLayout:
-    """Where one stack's pixels lie: image ``i`` starts at byte ``offset + i * N * N * itemsize``.
-
-    ``memmap`` is set instead for the rare stacks whose axis order needs a transpose.
-    """
-
-    dtype: np.dtype
-    offset: int
-    memmap: NDArray | None = None
-
-
-@dataclass(frozen=True, eq=False)
-class _StackSource:
-    """Particles in MRC stacks: ``stack_paths[stack_of[i]]``, image ``index_in_stack[i]``.
-
-    Pixels are read with positioned file reads (one per run of consecutive images), not through
-    a memory map: pages touched through a map count towards the process's resident memory and
-    stay there while memory is plentiful (reading a 1 GB stack through ``np.memmap`` raised the
-    RSS by 1 GB; these reads by the batch size), whereas file reads leave the caching to the
-    operating system's page cache.  Files are opened per read, so reads are thread-safe and
-    no file handles stay open, whatever the number of stacks.
-    """
-
-    stack_paths: tuple[str, ...]
-    stack_of: NDArray
-    index_in_stack: NDArray
-    box_size: int
-    _cache: dict = field(default_factory=dict, repr=False)
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    @property
-    def n_images(self) -> int:
-        return int(self.stack_of.shape[0])
-
-    def _layout(self, s: int) -> _StackLayout:
-        with self._lock:
-            if s not in self._cache:
-                with warnings.catch_warnings():  # header problems were reported on load
-                    warnings.simplefilter("ignore", RuntimeWarning)
-                    data = read_mrc(self.stack_paths[s], mmap=True).data
-                if isinstance(data, np.memmap) and data.flags.c_contiguous:
-                    layout = _StackLayout(data.dtype, int(data.offset))
-                else:  # a transposed axis order: index the map
-                    layout = _StackLayout(data.dtype, 0, data[None] if data.ndim == 2 else data)
-                self._cache[s] = layout
-            return self._cache[s]
-
-    def read(self, indices: NDArray) -> NDArray:
-        indices = np.asarray(indices, dtype=np.int64)
-        n = self.box_size
-        out = np.empty((indices.size, n, n), dtype=np.float32)
-        stacks = self.stack_of[indices]
-        for s in np.unique(stacks):
-            where = np.flatnonzero(stacks == s)
-            positions = self.index_in_stack[indices[where]]
-            order = np.argsort(positions, kind="stable")  # read the file forwards
-            where, positions = where[order], positions[order]
-            layout = self._layout(int(s))
-            if layout.memmap is not None:
-                out[where] = layout.memmap[positions]
-                continue
-            # runs of consecutive images are read at once
-            starts = np.flatnonzero(np.diff(positions, prepend=-2) != 1)
-            stops = np.append(starts[1:], positions.size)
-            image_bytes = n * n * layout.dtype.itemsize
-            with open(self.stack_paths[s], "rb", buffering=0) as fh:
-                for a, b in zip(starts.tolist(), stops.tolist(), strict=True):
-                    buffer = np.empty((b - a, n, n), dtype=layout.dtype)
-                    _read_exactly(fh, layout.offset + int(positions[a]) * image_bytes, buffer,
-                                  self.stack_paths[s])
-                    out[where[a:b]] = buffer
-        return out
-
-    def describe(self, index: int) -> str:
-        return (f"{self.stack_paths[self.stack_of[index]]} image "
-                f"{self.index_in_stack[index] + 1} (1-based)")
-
-    def __getstate__(self) -> dict:  # file layouts and locks are not sent to other processes
-        return {"stack_paths": self.stack_paths, "stack_of": self.stack_of,
-                "index_in_stack": self.index_in_stack, "box_size": self.box_size}
-
-    def __setstate__(self, state: dict) -> None:
-        for key, value in state.items():
-            object.__setattr__(self, key, value)
-        object.__setattr__(self, "_cache", {})
-        object.__setattr__(self, "_lock", threading.Lock())
-
-
-def _read_exactly(fh: Any, offset: int, buffer: NDArray, path: str) -> None:
-    """Fill ``buffer`` with the bytes of ``fh`` from ``offset`` (short reads are continued)."""
-    view = memoryview(buffer.reshape(-1)).cast("B")
-    fh.seek(offset)
-    done = 0
-    while done < view.nbytes:
-        got = fh.readinto(view[done:])
-        if not got:
-            raise input_error(path, f"the file ended at byte {offset + done} while reading "
-                              f"{view.nbytes} bytes from byte {offset}; it was truncated "
-                              "after it was opened", "re-copy or regenerate the stack")
-        done += got
 
 
 # --------------------------------------------------------------------------- preprocessing
@@ -334,7 +198,7 @@ class Dataset:
             if value is not None and len(value) != n:
                 raise ValueError(f"{name} has {len(value)} entries for {n} images")
         return cls(
-            _source=_ArraySource(array), _selection=np.arange(n), pixel_size_A=float(pixel_size_A),
+            _source=ArraySource(array), _selection=np.arange(n), pixel_size_A=float(pixel_size_A),
             box_size=int(array.shape[-1]), ctf=ctf,
             rotations=None if rotations is None else np.asarray(rotations, dtype=np.float64),
             shifts_A=None if shifts_A is None else np.asarray(shifts_A, dtype=np.float64),
@@ -417,7 +281,7 @@ class Dataset:
             raise input_error(src, f"the metadata say {expected_box} px images but the stacks "
                               f"hold {box} px images", "fix _rlnImageSize or use the matching "
                               "stacks")
-        source = _StackSource(tuple(str(p) for p in stack_paths), stack_of,
+        source = StackSource(tuple(str(p) for p in stack_paths), stack_of,
                               meta.image_indices.copy(), int(box))
         return cls(
             _source=source, _selection=np.arange(len(meta)), pixel_size_A=pixel_size,
@@ -450,6 +314,26 @@ class Dataset:
             rotations=None if rotations is None else np.asarray(rotations, dtype=np.float64),
             shifts_A=None if shifts_A is None else np.asarray(shifts_A, dtype=np.float64),
         )
+
+    # ------------------------------------------------------------------ where the images are
+    def reads_from_files(self) -> bool:
+        """True when the images are read from MRC stacks (lazily), False when in memory."""
+        return hasattr(self._source, "stack_paths")
+
+    def source_paths(self, default: str = "images.mrcs") -> list[str]:
+        """The stack file of every particle (``default`` for an in-memory dataset)."""
+        src = self._source
+        if hasattr(src, "stack_paths"):
+            return [str(src.stack_paths[s]) for s in src.stack_of[self._selection]]
+        return [default] * len(self)
+
+    def source_indices(self) -> NDArray:
+        """Every particle's index (0-based) in its stack (:meth:`source_paths`); for an
+        in-memory dataset ``0 .. n - 1``."""
+        src = self._source
+        if hasattr(src, "index_in_stack"):
+            return np.asarray(src.index_in_stack[self._selection])
+        return np.arange(len(self))
 
     # ------------------------------------------------------------------ selection
     def subset(self, index: ArrayLike | slice) -> Dataset:

@@ -22,8 +22,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .ctf import evaluate_ctf
-from .fourier import fft2_centered, fourier_indices, frequency_grid_2d, ifft2_centered
-from .viz import low_pass
+from .fourier import fft2_centered, fourier_indices, frequency_grid_2d, ifft2_centered, lowpass
 
 __all__ = [
     "box_for_resolution",
@@ -61,7 +60,7 @@ def contrast_scores(dataset, *, resolution_A: float = 25.0, n_images: int = 200,
     flip = np.sign(evaluate_ctf(dataset.ctf.subset(idx), kx, ky))
     flipped = ifft2_centered(fft2_centered(images) * flip).real
     res = max(float(resolution_A), 4.0 * dataset.pixel_size_A)
-    smooth = low_pass(flipped, dataset.pixel_size_A, res, ndim=2).astype(np.float64)
+    smooth = lowpass(flipped, dataset.pixel_size_A, 1.0 / res, ndim=2)
     k = fourier_indices(n)
     r = np.hypot(k[:, None], k[None, :]) / n
     disc = r < inner_fraction

@@ -50,9 +50,8 @@ from numpy.typing import NDArray
 
 from .dataset import Dataset
 from .likelihood import LikelihoodResult, MarginalLikelihood, PoseSubset, PreparedImages
-from .objective import MarginalObjective
+from .objective import MarginalObjective, SampledObjective
 from .quadrature import Quadrature
-from .sagd import Evaluation
 
 __all__ = ["DistributedObjective", "dask_client", "worker_environment"]
 
@@ -129,7 +128,7 @@ def _evaluate_part(likelihood: MarginalLikelihood, prepared: PreparedImages, vol
                    subsets: list | None, gradient: bool) -> dict[str, Any]:
     """Likelihoods, packed posterior marginals and gradient of one shard's images."""
     _one_core()
-    volume_ft = likelihood.model.projector.volume_to_fourier(volume)
+    volume_ft = likelihood.volume_to_fourier(volume)
     res = likelihood.evaluate(volume_ft, prepared,
                               subsets=_unpack_subsets(subsets, likelihood.quadrature),
                               gradient=gradient)
@@ -145,7 +144,7 @@ def _evaluate_part(likelihood: MarginalLikelihood, prepared: PreparedImages, vol
 def _shard_dataset(dataset: Dataset, ids: NDArray) -> Dataset:
     """What a worker needs of particles ``ids``: lazy rows of the stacks, or the pixels."""
     sub = replace(dataset.subset(ids), rotations=None, shifts_A=None, half_set=None, truth=None)
-    if hasattr(dataset._source, "stack_paths"):  # the worker opens the stacks itself
+    if dataset.reads_from_files():  # the worker opens the stacks itself
         return sub
     return Dataset.from_arrays(sub.images(), sub.pixel_size_A, ctf=sub.ctf)
 
@@ -159,7 +158,7 @@ class _Part:
     prepared: Any  # Future of PreparedImages on the worker
 
 
-class DistributedObjective:
+class DistributedObjective(SampledObjective):
     """A :class:`~cryonb.objective.MarginalObjective` whose likelihoods run on Dask workers.
 
     Parameters
@@ -182,7 +181,6 @@ class DistributedObjective:
                             f"{type(objective).__name__}")
         self.local = objective
         self.client = client
-        self.last_result: LikelihoodResult | None = None
         self._workers: tuple[str, ...] = ()
         self._bounds: NDArray | None = None  # shard j holds particles bounds[j] .. bounds[j+1]-1
         self._owners: list[str] = []
@@ -199,7 +197,21 @@ class DistributedObjective:
 
     @property
     def sampler(self) -> Any:
+        """The wrapped objective's importance sampler (on the driver; None: exhaustive)."""
         return self.local.sampler
+
+    @sampler.setter
+    def sampler(self, sampler: Any) -> None:
+        self.local.sampler = sampler
+
+    @property
+    def last_result(self) -> LikelihoodResult | None:
+        """The LikelihoodResult of the latest evaluation (also the wrapped objective's)."""
+        return self.local.last_result
+
+    @last_result.setter
+    def last_result(self, result: LikelihoodResult | None) -> None:
+        self.local.last_result = result
 
     @property
     def rng(self) -> np.random.Generator:
@@ -308,39 +320,24 @@ class DistributedObjective:
             parts.append(_Part(owner, positions, fut))
         return parts
 
-    def evaluate(self, volume: NDArray, indices: NDArray, *, gradient: bool, record: bool,
-                 iteration: int = 0, reuse: Any = None) -> Evaluation:
-        """As :meth:`MarginalObjective.evaluate`, with the images' work done by the workers."""
-        local = self.local
-        lik = local.likelihood
-        if lik is None:
-            raise RuntimeError("call set_band_limit() first")
-        idx = np.asarray(indices, dtype=np.int64)
-        if reuse is not None:
-            parts, subsets = reuse
-        else:
-            self._sync()
-            parts = self._take_prefetched(idx) or self._submit_prepare(idx)
-            # the workers read their images while the driver draws the pose subsets
-            subsets = None
-            if local.sampler is not None:
-                subsets = local.sampler.sample(idx, lik.quadrature, iteration, local.rng)
+    def _prepare(self, idx: NDArray) -> list[_Part]:
+        """The owning workers start reading their images (or take the prefetched ones)."""
+        self._sync()
+        return self._take_prefetched(idx) or self._submit_prepare(idx)
+
+    def _compute(self, volume: NDArray, prepared: list[_Part], subsets: Any,
+                 gradient: bool) -> LikelihoodResult:
+        """The shards' likelihoods on the workers, assembled in the minibatch's order."""
+        parts, lik = prepared, self.local.likelihood
         workers = sorted({p.worker for p in parts})
-        vol = self.client.scatter(np.asarray(volume, dtype=local.dtype), workers=workers,
+        vol = self.client.scatter(np.asarray(volume, dtype=self.local.dtype), workers=workers,
                                   broadcast=True, hash=False)
         futures = [self.client.submit(
             _evaluate_part, self._likelihood_future, p.prepared, vol,
             _pack_subsets(subsets, p.positions), gradient, workers=[p.worker],
             allow_other_workers=True, pure=False) for p in parts]
         outs = self.client.gather(futures)
-        result = self._assemble(outs, parts, len(idx), lik.quadrature)
-        if record and local.sampler is not None and reuse is None:
-            local.sampler.update(idx, subsets, result, iteration)
-        self.last_result = local.last_result = result
-        fraction = float(np.mean(result.n_evaluated)) / lik.quadrature.size
-        grad = None if result.gradient is None else -result.gradient
-        return Evaluation(nll=-np.asarray(result.log_likelihood, dtype=np.float64), grad=grad,
-                          fraction_evaluated=fraction, token=(parts, subsets))
+        return self._assemble(outs, parts, sum(len(p.positions) for p in parts), lik.quadrature)
 
     @staticmethod
     def _assemble(outs: list[dict[str, Any]], parts: list[_Part], b: int,

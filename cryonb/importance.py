@@ -51,6 +51,7 @@ NumPy on the host; randomness comes only from the ``rng`` argument.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -471,6 +472,22 @@ class ImportanceSampler:
             state[f"logp_{d}"] = self._logp[d].copy()
             state[f"rest_{d}"] = self._rest[d].copy()
         return state
+
+    def subset(self, particle_ids: ArrayLike) -> ImportanceSampler:
+        """A sampler (same settings, no history) for particles ``particle_ids`` only, whose
+        particle ``i`` starts from this one's state of ``particle_ids[i]``; it shares the
+        grids.  E.g. a half-set's sampler: ``half.load_state_dict(common.subset(ids)
+        .state_dict(), quadrature_for)``."""
+        ids = np.asarray(particle_ids, dtype=np.int64)
+        out = copy.copy(self)
+        out.n_particles = int(ids.size)
+        out.history = []
+        out._quadratures = list(self._quadratures)
+        out._quad_id = self._quad_id[ids].copy()
+        out._idx = {d: v[ids].copy() for d, v in self._idx.items()}
+        out._logp = {d: v[ids].copy() for d, v in self._logp.items()}
+        out._rest = {d: v[ids].copy() for d, v in self._rest.items()}
+        return out
 
     def load_state_dict(self, state: dict[str, Any],
                         quadrature_for: Callable[[float], Quadrature]) -> None:

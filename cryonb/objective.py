@@ -23,14 +23,13 @@ from numpy.typing import NDArray
 
 from .backend import Backend, get_backend
 from .dataset import Dataset
-from .device import DeviceMarginalLikelihood, marginal_likelihood
+from .evaluation import Evaluation
 from .image_model import ImageModel
-from .likelihood import MarginalLikelihood
+from .likelihood import Engine, make_engine
 from .quadrature import Quadrature
-from .sagd import Evaluation
 from .streaming import Prefetcher
 
-__all__ = ["KnownPoseObjective", "MarginalObjective", "QuadratureOptions"]
+__all__ = ["KnownPoseObjective", "MarginalObjective", "QuadratureOptions", "SampledObjective"]
 
 
 @dataclass(frozen=True)
@@ -49,7 +48,58 @@ class QuadratureOptions:
     shift_extent_A: float = 30.0
 
 
-class MarginalObjective:
+class SampledObjective:
+    """The one sample -> evaluate -> record path of the marginal objectives.
+
+    Subclasses (:class:`MarginalObjective`, :class:`cryonb.distributed.DistributedObjective`)
+    have ``likelihood`` (the engine, None before ``set_band_limit``), ``sampler`` (an
+    :class:`~cryonb.importance.ImportanceSampler` or None), ``rng`` and ``last_result``, and
+    implement how images are prepared (:meth:`_prepare`) and scored (:meth:`_compute`).
+    """
+
+    likelihood: Any
+    sampler: Any
+    rng: np.random.Generator
+    last_result: Any
+
+    def _prepare(self, idx: NDArray) -> Any:
+        """Start reading and transforming images ``idx``; returns what :meth:`_compute` takes."""
+        raise NotImplementedError
+
+    def _compute(self, volume: NDArray, prepared: Any, subsets: Any, gradient: bool) -> Any:
+        """The ``LikelihoodResult`` of the prepared images on their pose ``subsets``."""
+        raise NotImplementedError
+
+    def evaluate(self, volume: NDArray, indices: NDArray, *, gradient: bool, record: bool,
+                 iteration: int = 0, reuse: Any = None) -> Evaluation:
+        """Per-image marginal NLL, and the gradient of their sum w.r.t. the real-space map.
+
+        The images are prepared first (read while the pose subsets are drawn), the importance
+        sampler draws each image's subset, the engine scores them, and with ``record`` the
+        sampler learns the posteriors; ``reuse`` (a previous ``token``) skips the first two.
+        """
+        lik = self.likelihood
+        if lik is None:
+            raise RuntimeError("call set_band_limit() first")
+        idx = np.asarray(indices, dtype=np.int64)
+        if reuse is not None:
+            prepared, subsets = reuse
+        else:
+            prepared = self._prepare(idx)
+            subsets = None
+            if self.sampler is not None:
+                subsets = self.sampler.sample(idx, lik.quadrature, iteration, self.rng)
+        result = self._compute(volume, prepared, subsets, gradient)
+        if record and self.sampler is not None and reuse is None:
+            self.sampler.update(idx, subsets, result, iteration)
+        self.last_result = result
+        fraction = float(np.mean(result.n_evaluated)) / lik.quadrature.size
+        grad = None if result.gradient is None else -np.asarray(result.gradient, np.float64)
+        return Evaluation(nll=-np.asarray(result.log_likelihood, dtype=np.float64), grad=grad,
+                          fraction_evaluated=fraction, token=(prepared, subsets))
+
+
+class MarginalObjective(SampledObjective):
     """The paper's objective: ``-log p(I_b | V)`` marginalised over poses and shifts (Eq. 4).
 
     Parameters
@@ -75,7 +125,7 @@ class MarginalObjective:
         enclosing :func:`~cryonb.backend.use_backend` block, else NumPy).  NumPy uses the numba
         engine (:class:`~cryonb.likelihood.MarginalLikelihood`); any other backend the
         array-API engine :class:`~cryonb.device.DeviceMarginalLikelihood`, with the images
-        moved to the device batch by batch (see :func:`cryonb.device.marginal_likelihood`).
+        moved to the device batch by batch (see :func:`cryonb.likelihood.make_engine`).
     """
 
     def __init__(self, dataset: Dataset, noise_sigma: float, *, rng: np.random.Generator,
@@ -94,58 +144,45 @@ class MarginalObjective:
         self.pixel_size_A = dataset.pixel_size_A
         self.max_freq_invA: float | None = None
         self._quadratures: dict[float, Quadrature] = {}
-        self.likelihood: MarginalLikelihood | DeviceMarginalLikelihood | None = None
+        self.likelihood: Engine | None = None
         self.last_result: Any = None  # the LikelihoodResult of the latest evaluate()
 
+    def model_for(self, max_freq_invA: float) -> ImageModel:
+        """The image model at band limit ``max_freq_invA`` (at most the images' Nyquist)."""
+        w = min(float(max_freq_invA), 0.5 / self.dataset.pixel_size_A)
+        return ImageModel(self.dataset.box_size, self.dataset.pixel_size_A, max_freq_invA=w,
+                          pad=self.pad)
+
     def quadrature_for(self, max_freq_invA: float) -> Quadrature:
-        """The (cached) quadrature at band limit ``max_freq_invA``."""
+        """The (cached) quadrature of the image model at band limit ``max_freq_invA``: grid
+        and model share their band limit (:meth:`Quadrature.for_model`)."""
         key = round(float(max_freq_invA), 10)
         if key not in self._quadratures:
             o = self.options
-            self._quadratures[key] = Quadrature.for_band_limit(
-                key, box_size=self.dataset.box_size, pixel_size_A=self.dataset.pixel_size_A,
-                particle_radius_A=o.particle_radius_A, undersample=o.undersample,
+            model = ImageModel(self.dataset.box_size, self.dataset.pixel_size_A,
+                               max_freq_invA=key, pad=self.pad)
+            self._quadratures[key] = Quadrature.for_model(
+                model, particle_radius_A=o.particle_radius_A, undersample=o.undersample,
                 shift_undersample=o.shift_undersample, shift_sigma_A=o.shift_sigma_A,
                 shift_extent_A=o.shift_extent_A)
         return self._quadratures[key]
 
     def set_band_limit(self, max_freq_invA: float) -> None:
         """Band limit ``w`` (1/Å): image model, quadrature and likelihood engine follow."""
-        nyquist = 0.5 / self.dataset.pixel_size_A
-        w = min(float(max_freq_invA), nyquist)
-        self.max_freq_invA = w
-        model = ImageModel(self.dataset.box_size, self.dataset.pixel_size_A, max_freq_invA=w,
-                           pad=self.pad)
-        self.likelihood = marginal_likelihood(model, self.quadrature_for(w), backend=self.backend)
+        model = self.model_for(max_freq_invA)
+        self.max_freq_invA = model.max_freq_invA
+        self.likelihood = make_engine(model, self.quadrature_for(model.max_freq_invA),
+                                      backend=self.backend)
 
-    def evaluate(self, volume: NDArray, indices: NDArray, *, gradient: bool, record: bool,
-                 iteration: int = 0, reuse: Any = None) -> Evaluation:
-        """Per-image marginal NLL, and the gradient of their sum w.r.t. the real-space map."""
-        if self.likelihood is None:
-            raise RuntimeError("call set_band_limit() first")
+    def _prepare(self, idx: NDArray) -> Any:
+        ctf = None if self.dataset.ctf is None else self.dataset.ctf.subset(idx)
+        return self.likelihood.prepare(_read_images(self, idx), ctf, self.noise_sigma,
+                                       dtype=self.dtype)
+
+    def _compute(self, volume: NDArray, prepared: Any, subsets: Any, gradient: bool) -> Any:
         lik = self.likelihood
-        idx = np.asarray(indices, dtype=np.int64)
-        if reuse is not None:
-            prepared, subsets = reuse
-        else:
-            ctf = None if self.dataset.ctf is None else self.dataset.ctf.subset(idx)
-            prepared = lik.prepare(_read_images(self, idx), ctf, self.noise_sigma,
-                                   dtype=self.dtype)
-            subsets = None
-            if self.sampler is not None:
-                subsets = self.sampler.sample(idx, lik.quadrature, iteration, self.rng)
-        host_volume = np.asarray(volume, dtype=self.dtype)
-        to_fourier = (lik.volume_to_fourier if isinstance(lik, DeviceMarginalLikelihood)
-                      else lik.model.projector.volume_to_fourier)  # device engine: 3D FFT there
-        volume_ft = to_fourier(host_volume)
-        result = lik.evaluate(volume_ft, prepared, subsets=subsets, gradient=gradient)
-        if record and self.sampler is not None and reuse is None:
-            self.sampler.update(idx, subsets, result, iteration)
-        self.last_result = result
-        fraction = float(np.mean(result.n_evaluated)) / lik.quadrature.size
-        grad = None if result.gradient is None else -np.asarray(result.gradient, np.float64)
-        return Evaluation(nll=-np.asarray(result.log_likelihood, dtype=np.float64), grad=grad,
-                          fraction_evaluated=fraction, token=(prepared, subsets))
+        volume_ft = lik.volume_to_fourier(np.asarray(volume, dtype=self.dtype))
+        return lik.evaluate(volume_ft, prepared, subsets=subsets, gradient=gradient)
 
     def prefetch(self, indices: NDArray) -> None:
         """Start reading the images of a coming :meth:`evaluate` in the background."""

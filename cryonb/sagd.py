@@ -1,8 +1,9 @@
 """Stochastic Average Gradient Descent (SAGD) for ab initio reconstruction (paper Section 3.2).
 
 The solver owns the optimisation loop and its state only; the physics is behind an
-:class:`Objective` (marginal likelihood over poses, :mod:`cryonb.objective`), and reading,
-writing and plotting live elsewhere (:mod:`cryonb.checkpoint`, :mod:`cryonb.commands`).
+:class:`Objective` (:mod:`cryonb.evaluation`; the marginal likelihood over poses is
+:mod:`cryonb.objective`), and reading, writing and plotting live elsewhere
+(:mod:`cryonb.checkpoint`, :mod:`cryonb.run_folder`, :mod:`cryonb.commands`).
 
 Update (Eqs. 7-8), with ``V`` the real-space density ``(N, N, N)``::
 
@@ -16,7 +17,8 @@ Update (Eqs. 7-8), with ``V`` the real-space density ``(N, N, N)``::
   the band limit changes);
 * ``eps = max(eps_min, 2^(1 - floor(it / eps_halving)))`` (the paper: 1/16 and 150);
 * frequency marching: the band limit ``w`` starts at ``start_max_freq_invA`` (1/40 Å^-1) and
-  grows by ``freq_step_invA`` every ``iterations_per_stage`` iterations up to the target;
+  grows by ``freq_step_invA`` every ``iterations_per_stage`` iterations up to the target
+  (:class:`cryonb.band_limit.BandLimitSchedule`, the solver's :attr:`SAGDSolver.band_limits`);
 * positivity by truncation after each step.
 """
 
@@ -26,15 +28,18 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
+from .band_limit import BandLimitSchedule
+from .evaluation import Evaluation, Objective
 from .gradient_memory import GradientMemory
 from .priors import NoPrior, Prior
 
 __all__ = [
+    "BandLimitSchedule",
     "Evaluation",
     "GradientMemory",
     "Objective",
@@ -45,57 +50,6 @@ __all__ = [
     "random_spheres",
     "schedule_iteration",
 ]
-
-
-# --------------------------------------------------------------------------- interfaces
-@dataclass(frozen=True, eq=False)
-class Evaluation:
-    """What an :class:`Objective` returns for a set of images.
-
-    Attributes
-    ----------
-    nll : ndarray (B,)
-        Negative log-likelihood of each image (marginalised over poses).
-    grad : ndarray (N, N, N) or None
-        Gradient of ``nll.sum()`` with respect to the real-space density.
-    fraction_evaluated : float
-        Fraction of the quadrature points evaluated (importance sampling).
-    token : object
-        Opaque; pass back as ``reuse=`` to evaluate again on the same pose samples.
-    """
-
-    nll: NDArray
-    grad: NDArray | None
-    fraction_evaluated: float = 1.0
-    token: Any = None
-
-
-class Objective(Protocol):
-    """The data term the solver minimises (see :class:`cryonb.objective.MarginalObjective`).
-
-    ``pixel_size_A``: the images' pixel size (Å), with which the solver turns band limits in
-    1/Å into Fourier pixels.
-    """
-
-    pixel_size_A: float
-
-    def set_band_limit(self, max_freq_invA: float) -> None:
-        """Work at band limit ``max_freq_invA`` from now on (quadrature follows)."""
-
-    def evaluate(self, volume: NDArray, indices: NDArray, *, gradient: bool, record: bool,
-                 iteration: int, reuse: Any = None) -> Evaluation:
-        """Per-image NLL (and gradient) of images ``indices`` for ``volume``.
-
-        ``record``: let the evaluation update per-image state (importance sampling);
-        ``iteration``: the solver's iteration (schedules); ``reuse``: a previous evaluation's
-        ``token`` to evaluate on the same pose samples (line search).
-        """
-
-    def state_dict(self) -> dict[str, Any]:
-        """Arrays and scalars to checkpoint (e.g. importance-sampling state)."""
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`."""
 
 
 # --------------------------------------------------------------------------- parameters
@@ -183,14 +137,9 @@ class SAGDParams:
 
 
 def band_limit_at(iteration: int, params: SAGDParams) -> tuple[int, float]:
-    """``(stage, w)``: the band-limit stage and band limit (1/Å) at ``iteration`` (0-based)."""
-    first = params.first_stage_iterations or params.iterations_per_stage
-    stage = 0 if iteration < first else 1 + (iteration - first) // params.iterations_per_stage
-    n_stages = math.ceil((params.target_max_freq_invA - params.start_max_freq_invA)
-                         / params.freq_step_invA - 1e-9)
-    stage = min(stage, n_stages)
-    w = min(params.target_max_freq_invA, params.start_max_freq_invA + stage * params.freq_step_invA)
-    return int(stage), float(w)
+    """``(stage, w)``: the band-limit stage and band limit (1/Å) at ``iteration`` (0-based);
+    :meth:`BandLimitSchedule.at` of the parameters' schedule."""
+    return BandLimitSchedule.from_params(params).at(iteration)
 
 
 def schedule_iteration(iteration: int, params: SAGDParams) -> int:
@@ -307,6 +256,8 @@ class SAGDSolver:
         self.n_images = int(n_images)
         self.box_size = int(box_size)
         self.params = params or SAGDParams()
+        #: the frequency-marching schedule (the one place the band limit is evaluated)
+        self.band_limits = BandLimitSchedule.from_params(self.params)
         self.rng = rng
         self.prior = prior or NoPrior()
         self.initial_volume = initial_volume
@@ -378,6 +329,15 @@ class SAGDSolver:
     @property
     def stop_reason(self) -> str:
         return self.state.stop_reason
+
+    def stop(self, reason: str) -> None:
+        """Mark the run as finished with ``reason`` (kept if a stopping rule fired already)."""
+        self.state.stop_reason = self.state.stop_reason or str(reason)
+
+    def release_memory(self) -> None:
+        """Drop the stored minibatch gradients (the solver takes no further step after this
+        without rebuilding them; its map, iteration count and history stay)."""
+        self.memory = GradientMemory(self.box_size)
 
     def request_stop(self) -> None:
         """Ask :meth:`run` to stop after the current iteration (thread-safe flag)."""
@@ -458,7 +418,7 @@ class SAGDSolver:
         t0 = time.perf_counter()
         it = st.iteration
         rng_state = self.rng.bit_generator.state
-        stage, w = band_limit_at(it, p)
+        stage, w = self.band_limits.at(it)
         stage_changed = stage != st.stage
         if stage_changed:
             self.objective.set_band_limit(w)
@@ -490,7 +450,7 @@ class SAGDSolver:
             self.memory.restore(batch, saved_entry)
             self.rng.bit_generator.state = rng_state
             if stage_changed and st.stage >= 0:
-                self.objective.set_band_limit(band_limit_at(max(it - 1, 0), p)[1])
+                self.objective.set_band_limit(self.band_limits.at(max(it - 1, 0))[1])
             raise
         # commit
         if stage_changed:
@@ -522,12 +482,7 @@ class SAGDSolver:
         A band limit entered in the last few iterations has not shaped the map yet; counting it
         would let an FSC claim frequencies no data were fitted at.
         """
-        counts: dict[float, int] = {}
-        for r in self.state.records:
-            key = round(float(r["max_freq_invA"]), 12)
-            counts[key] = counts.get(key, 0) + 1
-        fitted = [w for w, n in counts.items() if n >= min_iterations]
-        return max(fitted) if fitted else None
+        return self.band_limits.fitted(self.state.records, min_iterations)
 
     def _prefetch_next(self, it: int, order: NDArray) -> None:
         """Let the objective read the next iteration's batch while this one is computed.
@@ -541,7 +496,7 @@ class SAGDSolver:
 
     def _check_stop(self, stage: int, w: float) -> None:
         st, p = self.state, self.params
-        at_target = w >= p.target_max_freq_invA - 1e-12
+        at_target = self.band_limits.reached_target(w)
         if at_target and st.evaluations_without_gain >= p.patience:
             st.stop_reason = "held-out NLL stopped improving at the target band limit"
         elif p.max_iterations is not None and st.iteration >= p.max_iterations:
@@ -618,6 +573,5 @@ class SAGDSolver:
         self.rng.bit_generator.state = scalars["rng"]
         self.memory.load_state_dict(state["memory"])
         if self._state.stage >= 0:
-            self.objective.set_band_limit(band_limit_at(self._state.iteration - 1,
-                                                        self.params)[1])
+            self.objective.set_band_limit(self.band_limits.at(self._state.iteration - 1)[1])
         self.objective.load_state_dict(state["objective"])

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from scipy.special import logsumexp
 
-from cryonb.backend import cupy_available, get_backend, use_backend
-from cryonb.ctf import CTFParams, evaluate_ctf
+from cryonb.backend import get_backend, use_backend
+from cryonb.ctf import evaluate_ctf
 from cryonb.dataset import Dataset
 from cryonb.device import DeviceMarginalLikelihood, DeviceProjector, shift_phases
 from cryonb.device import fourier as dfourier
@@ -27,22 +27,14 @@ from cryonb.image_model import ImageModel
 from cryonb.likelihood import MarginalLikelihood, PoseSubset, reference_log_joint
 from cryonb.objective import MarginalObjective, QuadratureOptions
 from cryonb.projection import shift_phases as host_shift_phases
-from cryonb.quadrature import Quadrature
 from cryonb.rotations import random_rotations
 
-NO_GPU = "needs CuPy and a CUDA GPU (none here or on CI); with one, runs the same comparison"
-BACKENDS = [
-    pytest.param("numpy", id="numpy"),
-    pytest.param("array_api_strict", id="strict"),
-    pytest.param("cupy", id="cupy", marks=pytest.mark.skipif(not cupy_available(),
-                                                              reason=NO_GPU)),
-]
 
-
-@pytest.fixture(params=BACKENDS)
-def xp(request):
-    """The array-API namespace of each backend (array_api_compat's wrapper for NumPy/CuPy)."""
-    return get_backend(request.param).namespace
+@pytest.fixture
+def xp(backend):
+    """The array-API namespace of each backend (conftest's ``backend``: NumPy, array_api_strict,
+    CuPy; array_api_compat's wrapper for NumPy/CuPy)."""
+    return backend.namespace
 
 
 def _rel(a, b):
@@ -50,34 +42,20 @@ def _rel(a, b):
     return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
 
 
-def _ctf(rng, n):
-    return CTFParams(defocus_u_A=rng.uniform(9000, 20000, n),
-                     defocus_v_A=rng.uniform(9000, 20000, n),
-                     defocus_angle_deg=rng.uniform(-90, 90, n), voltage_kV=300.0, cs_mm=2.7,
-                     amplitude_contrast=0.1, phase_shift_deg=rng.uniform(0, 30, n),
-                     bfactor_A2=rng.uniform(0, 50, n))
+@pytest.fixture(scope="module")
+def problem(cached_tiny_problem):
+    """``problem(box=13, n_img=4, seed=1, ctf=True) -> (model, quad, vol, ctf, images)``:
+    conftest's tiny problem (random volume, noisy images at grid poses, sigma 3 per pixel,
+    random CTFs with phase shifts); cached, so callers must not modify the arrays."""
+    def make(box=13, n_img=4, seed=1, ctf=True):
+        return cached_tiny_problem(box, n_img, seed=seed, ctf=ctf)[:5]
+    return make
 
 
 @lru_cache
-def _problem(box=13, n_img=4, seed=1, ctf=True):
-    """Tiny problem: random volume, noisy images at grid poses (sigma 3 per pixel); cached,
-    so callers must not modify the arrays."""
-    rng = np.random.default_rng(seed)
-    model = ImageModel(box, pixel_size_A=3.0, max_freq_invA=0.13)
-    quad = Quadrature.from_counts(8, 5, shift_spacing_A=2.5, shift_extent_A=3.6,
-                                  shift_sigma_A=3.0)
-    vol = rng.standard_normal((box,) * 3)
-    c = _ctf(rng, n_img) if ctf else None
-    r = rng.choice(quad.n_rotations, n_img, replace=False)
-    s = rng.integers(0, quad.n_shifts, n_img)
-    clean = model.forward(vol, quad.rotations()[r], quad.shifts_A[s], c)
-    return model, quad, vol, c, clean + rng.normal(0, 3.0, clean.shape)
-
-
-@lru_cache
-def _reference(ctf):
+def _reference(problem, ctf):
     """``reference_log_joint`` table (B, Nd, Ni, Ns) and the host engine's gradient."""
-    model, quad, vol, c, images = _problem(ctf=ctf)
+    model, quad, vol, c, images = problem(ctf=ctf)
     host_ft = model.projector.volume_to_fourier(vol)
     table = reference_log_joint(model, host_ft, images, c, 3.0, quad)
     grad = MarginalLikelihood(model, quad).evaluate(host_ft, images, c, 3.0, gradient=True)
@@ -99,9 +77,9 @@ def test_centred_ffts_match_host(xp, n):
 
 
 @pytest.mark.parametrize("convention", ["relion", "ctffind"])
-def test_ctf_matches_host(xp, convention):
+def test_ctf_matches_host(xp, random_ctf, convention):
     rng = np.random.default_rng(2)
-    params = _ctf(rng, 5)
+    params = random_ctf(rng, 5)
     k = rng.uniform(-0.25, 0.25, (2, 300))
     got = device_ctf(params, to_namespace(xp, k[0]), to_namespace(xp, k[1]),
                      convention=convention)
@@ -172,8 +150,8 @@ def test_scatter_add_equals_add_at(xp, method):
 
 
 # ---------------------------------------------------------------------------- likelihood
-def test_prepare_matches_host_engine(xp):
-    model, quad, _, c, images = _problem()
+def test_prepare_matches_host_engine(xp, problem):
+    model, quad, _, c, images = problem()
     host = MarginalLikelihood(model, quad).prepare(images, c, 3.0, dtype=np.float64)
     dev = DeviceMarginalLikelihood(model, quad, xp=xp).prepare(images, c, 3.0,
                                                                dtype=np.float64)
@@ -184,13 +162,13 @@ def test_prepare_matches_host_engine(xp):
 
 @pytest.mark.parametrize("ctf", [True, False])
 @pytest.mark.parametrize("blocks", ["one", "many"])
-def test_marginal_likelihood_matches_reference(xp, ctf, blocks):
+def test_marginal_likelihood_matches_reference(xp, problem, ctf, blocks):
     """Value, posterior marginals and MAP = explicit full-disc residuals (reference_log_joint);
     gradient = the host engine's.  "many": several direction blocks, image groups, no cache."""
-    model, quad, vol, c, images = _problem(ctf=ctf)
+    model, quad, vol, c, images = problem(ctf=ctf)
     opts = {"one": {}, "many": {"block_bytes": 12_000, "cache_bytes": 0}}[blocks]
     lik = DeviceMarginalLikelihood(model, quad, xp=xp, **opts)
-    table, want_grad = _reference(ctf)                                   # (B, Nd, Ni, Ns)
+    table, want_grad = _reference(problem, ctf)                          # (B, Nd, Ni, Ns)
     total = logsumexp(table, axis=(1, 2, 3))
     res = lik.evaluate(lik.volume_to_fourier(vol), images, c, 3.0, gradient=True)
     np.testing.assert_allclose(res.log_likelihood, total, rtol=1e-12)
@@ -208,8 +186,8 @@ def test_marginal_likelihood_matches_reference(xp, ctf, blocks):
     assert _rel(res.gradient, want_grad) < 1e-11
 
 
-def test_gradient_matches_finite_difference(xp):
-    model, quad, vol, c, images = _problem(box=12, n_img=3, seed=6)
+def test_gradient_matches_finite_difference(xp, problem):
+    model, quad, vol, c, images = problem(box=12, n_img=3, seed=6)
     lik = DeviceMarginalLikelihood(model, quad, xp=xp)
     batch = lik.prepare(images, c, 3.0, dtype=np.float64)
     grad = lik.evaluate(lik.volume_to_fourier(vol), batch, gradient=True).gradient
@@ -223,8 +201,8 @@ def test_gradient_matches_finite_difference(xp):
     assert numeric == pytest.approx(float(np.sum(grad * direction)), rel=1e-6)
 
 
-def test_float32_is_close_to_float64_reference(xp):
-    model, quad, vol, c, images = _problem(seed=8)
+def test_float32_is_close_to_float64_reference(xp, problem):
+    model, quad, vol, c, images = problem(seed=8)
     want = MarginalLikelihood(model, quad).evaluate(model.projector.volume_to_fourier(vol),
                                                     images, c, 3.0, gradient=True)
     lik = DeviceMarginalLikelihood(model, quad, xp=xp)
@@ -237,10 +215,10 @@ def test_float32_is_close_to_float64_reference(xp):
     assert _rel(res.gradient, want.gradient) < 1e-3
 
 
-def test_importance_subsets_match_host_engine(xp):
+def test_importance_subsets_match_host_engine(xp, problem):
     """Per-image subsets with importance weights (two images share one): same as the host
     engine's numba kernels."""
-    model, quad, vol, c, images = _problem(seed=9)
+    model, quad, vol, c, images = problem(seed=9)
     rng = np.random.default_rng(10)
 
     def subset():
@@ -267,11 +245,13 @@ def test_importance_subsets_match_host_engine(xp):
 
 # ---------------------------------------------------------------------------- selection
 @pytest.mark.parametrize("how", ["argument", "block"])
-@pytest.mark.parametrize("backend", [p for p in BACKENDS if p.id != "numpy"])
-def test_objective_runs_the_device_engine_for_other_backends(backend, how):
+@pytest.mark.parametrize("backend", ["array_api_strict", "cupy"], ids=["strict", "cupy"],
+                         indirect=True)
+def test_objective_runs_the_device_engine_for_other_backends(backend, how, problem):
     """``MarginalObjective(..., backend=B)`` or ``with use_backend(B)``: the device engine, with
     the same values and gradient as the host engine."""
-    model, _, vol, c, images = _problem(box=12, seed=11)
+    backend = backend.name  # conftest's Backend; the objective is given its name, as before
+    model, _, vol, c, images = problem(box=12, seed=11)
     ds = Dataset.from_arrays(images, model.pixel_size_A, ctf=c)
     options = QuadratureOptions(undersample=4.0, shift_undersample=2.0, shift_extent_A=4.0)
 
@@ -299,9 +279,9 @@ def test_objective_runs_the_device_engine_for_other_backends(backend, how):
     assert _rel(got.grad, want.grad) < 1e-11
 
 
-def test_device_engine_pickles(xp):
+def test_device_engine_pickles(xp, problem):
     """Sent to another process (e.g. a Dask worker), the engine keeps its namespace."""
-    model, quad, vol, c, images = _problem(box=12, seed=12)
+    model, quad, vol, c, images = problem(box=12, seed=12)
     lik = DeviceMarginalLikelihood(model, quad, xp=xp, block_bytes=2**20)
     copy = pickle.loads(pickle.dumps(lik))
     assert copy.namespace is lik.namespace and copy.block_bytes == 2**20

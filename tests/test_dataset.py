@@ -10,7 +10,6 @@ import pandas as pd
 import pytest
 import starfile
 
-from cryonb.ctf import CTFParams
 from cryonb.dataset import Dataset, GroundTruth
 from cryonb.fourier import fourier_crop
 from cryonb.io import CryonbInputError, write_mrc, write_particles_star
@@ -22,11 +21,6 @@ def _quiet(fn, *args, **kwargs):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         return fn(*args, **kwargs)
-
-
-def _ctf(n):
-    return CTFParams(defocus_u_A=np.linspace(1e4, 2e4, n), defocus_v_A=np.linspace(1e4, 2e4, n),
-                     defocus_angle_deg=0.0, voltage_kV=300.0, cs_mm=2.7, amplitude_contrast=0.1)
 
 
 # ----------------------------------------------------------------------------- real data
@@ -58,7 +52,7 @@ def test_aspire_sample_reads_all_17_particles():
 
 # ----------------------------------------------------------------------------- synthetic
 @pytest.fixture
-def two_stacks(tmp_path):
+def two_stacks(tmp_path, defocus_ramp_ctf):
     """Two stacks; rows reference them out of order; returns (star path, expected images)."""
     rng = np.random.default_rng(0)
     a = rng.normal(size=(5, 16, 16)).astype(np.float32)
@@ -70,7 +64,8 @@ def two_stacks(tmp_path):
     expected = np.stack([{"a": a, "b": b}[s][i] for s, i in refs])
     star = write_particles_star(
         tmp_path / "p.star", image_paths=[str(tmp_path / "stacks" / f"{s}.mrcs") for s, _ in refs],
-        image_indices=[i for _, i in refs], pixel_size_A=1.5, box_size=16, ctf=_ctf(5))
+        image_indices=[i for _, i in refs], pixel_size_A=1.5, box_size=16,
+        ctf=defocus_ramp_ctf(5))
     return star, expected
 
 
@@ -138,9 +133,9 @@ def _blob_images(n, box, sigma, rng):
     return (10 * blob + offsets + rng.normal(0, sigma, (n, box, box))).astype(np.float32)
 
 
-def test_noise_sigma_from_background_and_normalisation():
+def test_noise_sigma_from_background_and_normalisation(defocus_ramp_ctf):
     rng = np.random.default_rng(4)
-    ds = Dataset.from_arrays(_blob_images(200, 64, 2.0, rng), 2.0, ctf=_ctf(200))
+    ds = Dataset.from_arrays(_blob_images(200, 64, 2.0, rng), 2.0, ctf=defocus_ramp_ctf(200))
     sigma = ds.estimate_noise_sigma()
     assert sigma == pytest.approx(2.0, rel=0.02)
     normal = ds.normalized()

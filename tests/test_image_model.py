@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 
-from cryonb.ctf import CTFParams
 from cryonb.fourier import fft2_centered, fourier_indices
 from cryonb.image_model import ImageModel
 from cryonb.projection import Projector
@@ -12,32 +11,19 @@ from cryonb.rotations import random_rotations
 TOL = {np.float32: 2e-5, np.float64: 1e-12}
 
 
-def _ctf(rng, n):
-    return CTFParams(
-        defocus_u_A=rng.uniform(8000, 25000, n),
-        defocus_v_A=rng.uniform(8000, 25000, n),
-        defocus_angle_deg=rng.uniform(-90, 90, n),
-        voltage_kV=300.0,
-        cs_mm=2.7,
-        amplitude_contrast=0.07,
-        phase_shift_deg=rng.uniform(0, 30, n),
-        bfactor_A2=rng.uniform(0, 100, n),
-        scale=rng.uniform(0.8, 1.2, n),
-    )
-
-
 @pytest.mark.parametrize("box", [16, 17])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("real_space", [True, False])
 @pytest.mark.parametrize("pad", [1, 2])
-def test_adjoint_dot_product(box, dtype, real_space, pad):
+def test_adjoint_dot_product(box, dtype, real_space, pad, random_ctf):
     """<A v, u> = <v, A^T u> for the full operator (slice, CTF, shifts, band limit)."""
     rng = np.random.default_rng(box + pad)
     model = ImageModel(box, pixel_size_A=2.0, pad=pad, max_freq_invA=0.2)
     n_img = 6
     rot = random_rotations(n_img, rng)
     shifts = rng.normal(0, 4.0, (n_img, 2))
-    ctf = _ctf(rng, n_img)
+    ctf = random_ctf(rng, n_img, defocus_u_A=(8000, 25000), defocus_v_A=(8000, 25000),
+                     amplitude_contrast=0.07, bfactor_A2=(0, 100), scale=(0.8, 1.2))
     v = rng.standard_normal((box, box, box)).astype(dtype)
     if real_space:
         u = rng.standard_normal((n_img, box, box)).astype(dtype)
@@ -68,16 +54,6 @@ def test_numba_and_vectorised_kernels_agree(box):
                                ref.backproject(vals, rot, model.coords_px), atol=1e-10)
 
 
-def _gaussian_blobs(box, centres_px, sigma_px, amps):
-    """Sampled sum of isotropic 3D Gaussians; centres (x, y, z) relative to voxel N//2."""
-    k = fourier_indices(box)
-    z, y, x = np.meshgrid(k, k, k, indexing="ij")
-    vol = np.zeros((box,) * 3)
-    for (cx, cy, cz), s, a in zip(centres_px, sigma_px, amps, strict=True):
-        vol += a * np.exp(-((x - cx) ** 2 + (y - cy) ** 2 + (z - cz) ** 2) / (2 * s * s))
-    return vol
-
-
 def _analytic_projection(box, rotation, centres_px, sigma_px, amps):
     """Line integral along z of the rotated blobs: a point p appears at (R^T p)_xy."""
     k = fourier_indices(box)
@@ -90,7 +66,7 @@ def _analytic_projection(box, rotation, centres_px, sigma_px, amps):
 
 
 @pytest.mark.parametrize("box", [32, 33])
-def test_fourier_slice_theorem(box):
+def test_fourier_slice_theorem(box, gaussian_blobs):
     """Slices of the 3D FT equal the FT of real-space line-integral projections.
 
     The volume is a sum of smooth Gaussian blobs whose projections are known in closed form.
@@ -102,7 +78,7 @@ def test_fourier_slice_theorem(box):
     centres = rng.uniform(-7, 7, (5, 3))
     sigmas = rng.uniform(1.6, 2.5, 5)
     amps = rng.uniform(0.5, 2.0, 5)
-    vol = _gaussian_blobs(box, centres, sigmas, amps)
+    vol = gaussian_blobs(box, centres, sigmas, amps)
     rot = random_rotations(4, rng)
     truth = np.stack([fft2_centered(_analytic_projection(box, r, centres, sigmas, amps))
                       for r in rot])
@@ -121,10 +97,10 @@ def test_fourier_slice_theorem(box):
     assert worst_error(2, gridding_correction=False) > 1.5 * err2
 
 
-def test_shift_moves_the_particle_by_minus_origin():
+def test_shift_moves_the_particle_by_minus_origin(gaussian_blobs):
     """RELION: image(x) = projection(x + origin), so the centre appears at -origin."""
     box, psize = 32, 2.0
-    vol = _gaussian_blobs(box, [(0, 0, 0)], [1.5], [1.0])
+    vol = gaussian_blobs(box, [(0, 0, 0)], [1.5], [1.0])
     model = ImageModel(box, pixel_size_A=psize)
     origin_A = np.array([[6.0, -4.0]])  # (x, y) in Å = (3, -2) px
     img = model.forward(vol, np.eye(3)[None], origin_A)[0]

@@ -4,8 +4,6 @@ import numpy as np
 import pytest
 from scipy.special import logsumexp
 
-from cryonb.ctf import CTFParams
-from cryonb.image_model import ImageModel
 from cryonb.importance import ImportanceSampler, ISSchedule, draw_domain, log_estimate
 from cryonb.likelihood import LikelihoodResult, MarginalLikelihood, PoseSubset
 from cryonb.quadrature import Quadrature
@@ -184,21 +182,15 @@ def test_carry_over_to_a_finer_grid():
     assert pd[mirror] > 100 * (0.05 / fine.n_directions)
 
 
-def test_end_to_end_with_the_likelihood():
+def test_end_to_end_with_the_likelihood(tiny_problem):
     """First visit exhaustive (= exact), then IS with few points: same MAP poses, unbiased
     estimate of the marginal likelihood, mean relative error of log p < 0.1% (paper, Fig. 6)."""
-    rng = np.random.default_rng(0)
-    box, n_img = 16, 4
-    model = ImageModel(box, pixel_size_A=3.0, max_freq_invA=0.14)
-    quad = Quadrature.from_counts(150, 12, shift_spacing_A=2.0, shift_extent_A=3.0,
-                                  shift_sigma_A=3.0)
-    vol = rng.standard_normal((box,) * 3)
-    ctf = CTFParams(defocus_u_A=rng.uniform(1e4, 2e4, n_img), defocus_v_A=1.5e4,
-                    defocus_angle_deg=0.0, voltage_kV=300.0, cs_mm=2.7, amplitude_contrast=0.1)
-    true_r = rng.choice(quad.n_rotations, n_img, replace=False)
-    true_s = rng.integers(0, quad.n_shifts, n_img)
-    images = model.forward(vol, quad.rotations()[true_r], quad.shifts_A[true_s], ctf)
-    images = images + rng.normal(0, 3.0, images.shape)
+    # box 16 at 3 Å/px, 4 images, 150 x 12 rotations, shifts every 2 Å within 3 Å, noise 3
+    model, quad, vol, ctf, images, true_r, true_s = tiny_problem(
+        16, 4, seed=0, sigma=3.0, max_freq_invA=0.14, n_directions=150, n_inplane=12,
+        shift_spacing_A=2.0, shift_extent_A=3.0, shift_sigma_A=3.0,
+        ctf={"defocus_u_A": (1e4, 2e4), "defocus_v_A": 1.5e4, "defocus_angle_deg": 0.0,
+             "phase_shift_deg": None, "bfactor_A2": None})
     lik = MarginalLikelihood(model, quad)
     batch = lik.prepare(images, ctf, 3.0, dtype=np.float64)
     vft = model.projector.volume_to_fourier(vol)

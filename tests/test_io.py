@@ -9,7 +9,6 @@ import pandas as pd
 import pytest
 import starfile
 
-from cryonb.ctf import CTFParams
 from cryonb.io import (
     CryonbInputError,
     MrcStackWriter,
@@ -239,20 +238,14 @@ def test_cryosparc_3d_alignments_convert_units(tmp_path):
 
 
 # --------------------------------------------------------------------------- STAR round trip
-def _random_ctf(rng, n):
-    return CTFParams(
-        defocus_u_A=rng.uniform(8000, 30000, n), defocus_v_A=rng.uniform(8000, 30000, n),
-        defocus_angle_deg=rng.uniform(-180, 180, n),
-        voltage_kV=np.where(np.arange(n) % 3 == 0, 300.0, 200.0), cs_mm=2.7,
-        amplitude_contrast=0.07, phase_shift_deg=rng.uniform(0, 90, n),
-        bfactor_A2=rng.uniform(0, 100, n), scale=rng.uniform(0.5, 1, n),
-    )
-
-
-def test_star_round_trip(tmp_path):
+def test_star_round_trip(tmp_path, random_ctf):
     rng = np.random.default_rng(3)
     n = 12
-    ctf = _random_ctf(rng, n)
+    ctf = random_ctf(rng, n, defocus_u_A=(8000, 30000), defocus_v_A=(8000, 30000),
+                     defocus_angle_deg=(-180, 180),
+                     voltage_kV=np.where(np.arange(n) % 3 == 0, 300.0, 200.0),
+                     amplitude_contrast=0.07, phase_shift_deg=(0, 90), bfactor_A2=(0, 100),
+                     scale=(0.5, 1))
     rotations = random_rotations(n, rng)
     shifts = rng.normal(0, 5, (n, 2))
     half = rng.integers(0, 2, n)

@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 from scipy.special import logsumexp
 
-from cryonb.ctf import CTFParams
 from cryonb.fourier import fft2_centered, ifft2_centered
 from cryonb.image_model import ImageModel
 from cryonb.likelihood import (
@@ -16,28 +15,18 @@ from cryonb.likelihood import (
     reference_log_joint,
 )
 from cryonb.priors import ExponentialPrior, GaussianPrior, NoPrior, Prior
-from cryonb.quadrature import Quadrature
 
 
-def _ctf(rng, n):
-    return CTFParams(defocus_u_A=rng.uniform(9000, 20000, n),
-                     defocus_v_A=rng.uniform(9000, 20000, n),
-                     defocus_angle_deg=rng.uniform(-90, 90, n), voltage_kV=300.0, cs_mm=2.7,
-                     amplitude_contrast=0.1, bfactor_A2=rng.uniform(0, 50, n))
-
-
-def _problem(box=14, n_img=3, sigma=3.0, seed=0, ctf=True, w=0.13):
-    """Tiny problem: random volume, images at grid poses, noise sigma per pixel."""
-    rng = np.random.default_rng(seed)
-    model = ImageModel(box, pixel_size_A=3.0, max_freq_invA=w)
-    quad = Quadrature.from_counts(8, 5, shift_spacing_A=2.5, shift_extent_A=3.6, shift_sigma_A=3.0)
-    vol = rng.standard_normal((box,) * 3)
-    c = _ctf(rng, n_img) if ctf else None
-    true_r = rng.choice(quad.n_rotations, n_img, replace=False)
-    true_s = rng.integers(0, quad.n_shifts, n_img)
-    clean = model.forward(vol, quad.rotations()[true_r], quad.shifts_A[true_s], c)
-    images = clean + rng.normal(0, sigma, clean.shape) if sigma else clean
-    return model, quad, vol, c, images, true_r, true_s
+@pytest.fixture
+def problem(tiny_problem):
+    """``problem(box=14, n_img=3, sigma=3.0, seed=0, ctf=True, w=0.13)``: conftest's tiny
+    problem (random volume, images at grid poses, noise sigma per pixel, band limit w 1/Å),
+    with random CTFs without a phase shift; unpacks as (model, quad, vol, ctf, images, true_r,
+    true_s)."""
+    def make(box=14, n_img=3, sigma=3.0, seed=0, ctf=True, w=0.13):
+        return tiny_problem(box, n_img, sigma=sigma, seed=seed, max_freq_invA=w,
+                            ctf={"phase_shift_deg": None} if ctf else None)
+    return make
 
 
 @pytest.mark.parametrize("box", [12, 13])
@@ -60,9 +49,9 @@ def test_hermitian_half_plane(box):
 
 
 @pytest.mark.parametrize("box", [14, 15])
-def test_marginal_likelihood_equals_brute_force_through_image_model(box):
+def test_marginal_likelihood_equals_brute_force_through_image_model(box, problem):
     """log p(I|V) = log sum_pose w exp(-||I_bl - forward(V, pose)||^2 / 2s^2 - M/2 log 2pi s^2)."""
-    model, quad, vol, ctf, images, _, _ = _problem(box)
+    model, quad, vol, ctf, images, _, _ = problem(box)
     sigma = 3.0
     spec = fft2_centered(images)
     spec[:, ~model.mask] = 0
@@ -95,10 +84,10 @@ PATHS = {"gemm": {"small_group_size": 0}, "gemm-blocks": {"small_group_size": 0,
 
 @pytest.mark.parametrize("ctf", [True, False])
 @pytest.mark.parametrize("path", sorted(PATHS))
-def test_fast_path_matches_numpy_reference(ctf, path):
+def test_fast_path_matches_numpy_reference(ctf, path, problem):
     """GEMM path (half plane, norm expansion, blocks, image groups) and the numba path for
     small groups = direct full-disc residuals."""
-    model, quad, vol, c, images, _, _ = _problem(13, n_img=4, ctf=ctf, seed=1)
+    model, quad, vol, c, images, _, _ = problem(13, n_img=4, ctf=ctf, seed=1)
     vft = model.projector.volume_to_fourier(vol)
     table = reference_log_joint(model, vft, images, c, 3.0, quad)        # (B, Nd, Ni, Ns)
     total = logsumexp(table, axis=(1, 2, 3))
@@ -120,9 +109,9 @@ def test_fast_path_matches_numpy_reference(ctf, path):
     np.testing.assert_allclose(res.posterior_directions.sum(axis=1), 1.0)
 
 
-def test_input_forms_agree():
+def test_input_forms_agree(problem):
     """Real images, full complex spectra and disc points give the same PreparedImages."""
-    model, quad, _, c, images, _, _ = _problem(12, n_img=2)
+    model, quad, _, c, images, _, _ = problem(12, n_img=2)
     lik = MarginalLikelihood(model, quad)
     spectra = fft2_centered(images)
     a = lik.prepare(images, c, 3.0, dtype=np.float64)
@@ -135,8 +124,8 @@ def test_input_forms_agree():
         lik.prepare(spectra, c)
 
 
-def test_float32_path_close_to_float64():
-    model, quad, vol, c, images, _, _ = _problem(14, n_img=3, seed=2)
+def test_float32_path_close_to_float64(problem):
+    model, quad, vol, c, images, _, _ = problem(14, n_img=3, seed=2)
     lik = MarginalLikelihood(model, quad)
     r64 = lik.evaluate(model.projector.volume_to_fourier(vol),
                        lik.prepare(images, c, 3.0, dtype=np.float64), gradient=True)
@@ -150,9 +139,9 @@ def test_float32_path_close_to_float64():
 
 @pytest.mark.parametrize(("with_subsets", "path"), [(False, "gemm"), (True, "gemm"),
                                                     (True, "kernel")])
-def test_gradient_matches_finite_differences(with_subsets, path):
+def test_gradient_matches_finite_differences(with_subsets, path, problem):
     """d/dV sum_b log p(I_b | V) by central differences in float64, relative error < 1e-5."""
-    model, quad, vol, c, images, _, _ = _problem(12, n_img=3, sigma=4.0, seed=3)
+    model, quad, vol, c, images, _, _ = problem(12, n_img=3, sigma=4.0, seed=3)
     if path == "gemm":  # small blocks and no score cache: the gradient pass recomputes
         lik = MarginalLikelihood(model, quad, block_bytes=4000, cache_bytes=0,
                                  small_group_size=0)
@@ -200,12 +189,12 @@ GRADIENT_MODES = {"sparse": {"cache_bytes": 0},  # the posterior terms kept betw
 
 @pytest.mark.parametrize("sigma", [0.05, 4.0])
 @pytest.mark.parametrize("mode", sorted(GRADIENT_MODES))
-def test_gradient_modes_agree(mode, sigma):
+def test_gradient_modes_agree(mode, sigma, problem):
     """The gradient pass without the score cache (from the kept posterior terms, or with the
     scores recomputed) equals the pass over all cached scores; with nearly noiseless images
     (sigma 0.05) most rotations have a posterior that is exactly 0 in float64 for every image
     and are skipped, and the result still matches central differences."""
-    model, quad, vol, c, images, _, _ = _problem(12, n_img=3, sigma=sigma, seed=3)
+    model, quad, vol, c, images, _, _ = problem(12, n_img=3, sigma=sigma, seed=3)
     lik = MarginalLikelihood(model, quad, block_bytes=4000, small_group_size=0,
                              **GRADIENT_MODES[mode])
     every = MarginalLikelihood(model, quad, small_group_size=0)
@@ -231,9 +220,9 @@ def test_gradient_modes_agree(mode, sigma):
     assert abs(fd - np.vdot(res.gradient, u)) / abs(fd) < 1e-5
 
 
-def test_true_pose_has_highest_posterior_on_noiseless_images():
-    model, quad, vol, c, images, true_r, true_s = _problem(16, n_img=5, sigma=0.0, seed=4,
-                                                          w=0.15)
+def test_true_pose_has_highest_posterior_on_noiseless_images(problem):
+    model, quad, vol, c, images, true_r, true_s = problem(16, n_img=5, sigma=0.0, seed=4,
+                                                         w=0.15)
     lik = MarginalLikelihood(model, quad)
     res = lik.evaluate(model.projector.volume_to_fourier(vol.astype(np.float32)),
                        lik.prepare(images, c, noise_sigma=1.0))
@@ -250,9 +239,9 @@ def test_true_pose_has_highest_posterior_on_noiseless_images():
     assert np.all(res.ess_directions < 1.02)
 
 
-def test_subsets_give_the_importance_weighted_sum():
+def test_subsets_give_the_importance_weighted_sum(problem):
     """Per-image subsets with log weights: log sum over the subset of exp(table + log a)."""
-    model, quad, vol, c, images, _, _ = _problem(12, n_img=3, seed=5)
+    model, quad, vol, c, images, _, _ = problem(12, n_img=3, seed=5)
     vft = model.projector.volume_to_fourier(vol)
     table = reference_log_joint(model, vft, images, c, 3.0, quad)
     rng = np.random.default_rng(2)
@@ -330,8 +319,8 @@ def test_prior_values():
         ExponentialPrior(0.0)
 
 
-def test_negative_log_posterior_value_and_gradient():
-    model, quad, vol, c, images, _, _ = _problem(12, n_img=2, seed=6)
+def test_negative_log_posterior_value_and_gradient(problem):
+    model, quad, vol, c, images, _, _ = problem(12, n_img=2, seed=6)
     vol = np.abs(vol)
     lik = MarginalLikelihood(model, quad)
     batch = lik.prepare(images, c, 3.0, dtype=np.float64)

@@ -66,3 +66,23 @@ def test_demo_writes_the_data_set_and_pictures(tmp_path):
     rec = read_mrc(tmp_path / "reconstruction" / "map.mrc")
     assert rec.shape == (16, 16, 16) and rec.voxel_size_A == pytest.approx(7.5 * 48 / 16)
     assert "FSC 0.5" in (tmp_path / "report.md").read_text()
+
+
+def test_top_level_exports_are_the_design_objects_and_import_lazily():
+    """``from cryonb import ...`` gives the classes of their home modules, and ``import cryonb``
+    alone loads none of them (no numba, no backend)."""
+    import importlib
+
+    homes = {"Dataset": "cryonb.dataset", "ImageModel": "cryonb.image_model",
+             "Quadrature": "cryonb.quadrature", "ImportanceSampler": "cryonb.importance",
+             "SAGDSolver": "cryonb.sagd", "AbInitioRun": "cryonb.abinitio"}
+    for name, module in homes.items():
+        assert getattr(cryonb, name) is getattr(importlib.import_module(module), name)
+        assert name in cryonb.__all__
+    with pytest.raises(AttributeError):
+        cryonb.NoSuchThing  # noqa: B018
+    code = ("import sys, cryonb; "
+            "print(sorted(m for m in sys.modules if m.startswith(('cryonb.', 'numba'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out == "[]"

@@ -24,11 +24,11 @@ from cryonb.viz import (
     is_study_figure,
     is_study_summary,
     is_study_table,
-    low_pass,
     particle_page_figure,
     solver_history_figure,
     volume_slices_figure,
 )
+from cryonb.viz._common import lowpass_to_resolution as low_pass
 
 
 def test_low_pass_keeps_low_and_removes_high_frequencies():
@@ -187,3 +187,61 @@ def test_real_data_path_names_what_is_there():
     assert real_data_path("PROVENANCE.md").is_file()
     with pytest.raises(FileNotFoundError, match=r"empiar_10076_7\.star"):
         real_data_path("nope.star")
+
+
+def test_ctf_figure_draws_evaluate_ctf_along_u_and_v():
+    from cryonb.ctf import evaluate_ctf
+    from cryonb.viz import ctf_figure, ctf_zeros_invA
+
+    ctf = CTFParams(defocus_u_A=[15000.0], defocus_v_A=[14000.0], defocus_angle_deg=[30.0],
+                    voltage_kV=300.0, cs_mm=2.7, amplitude_contrast=0.1)
+    fig = ctf_figure(ctf, 32, 2.0)
+    ax1, ax2 = fig.axes[:2]
+    along_u, along_v = ax1.get_lines()[:2]
+    k = along_u.get_xdata()
+    assert k[0] == 0.0 and k[-1] == pytest.approx(0.25)  # 0 .. Nyquist, 1/Å
+    for line, angle in ((along_u, 30.0), (along_v, 120.0)):
+        a = np.deg2rad(angle)
+        np.testing.assert_allclose(line.get_ydata(),
+                                   evaluate_ctf(ctf, k * np.cos(a), k * np.sin(a))[0])
+    zeros = ctf_zeros_invA(ctf, 30.0, 0.25)
+    a = np.deg2rad(30.0)
+    assert len(zeros) > 3
+    np.testing.assert_allclose(evaluate_ctf(ctf, zeros * np.cos(a), zeros * np.sin(a))[0], 0.0,
+                               atol=1e-3)
+    (image,) = ax2.get_images()
+    assert np.asarray(image.get_array()).shape == (32, 32)
+
+
+def test_is_error_curves_figure_plots_rmse_and_fraction():
+    from cryonb.viz import is_error_curves_figure
+
+    curve = SimpleNamespace(ess_scales=np.array([1.0, 10.0, 100.0]),
+                            relative_rmse=np.array([0.1, 0.01, 0.0]),
+                            fraction_evaluated=np.array([0.01, 0.1, 0.5]))
+    fig = is_error_curves_figure({0.025: curve, 0.04: curve})
+    assert len(fig.axes) == 4  # two panels, each with its twin
+    err_line = fig.axes[0].get_lines()[0]
+    np.testing.assert_array_equal(err_line.get_xdata(), [1.0, 10.0, 100.0])
+    np.testing.assert_array_equal(err_line.get_ydata(), [0.1, 0.01, np.nan])  # exact: no point
+    fractions = [ax for ax in fig.axes if ax.get_ylabel() == "fraction of quadrature points"]
+    np.testing.assert_array_equal(fractions[0].get_lines()[0].get_ydata(), [0.01, 0.1, 0.5])
+    assert fig.axes[0].get_title() == "band limit 1/40 Å⁻¹"
+    with pytest.raises(ValueError, match="no curves"):
+        is_error_curves_figure({})
+
+
+def test_posterior_kl_figure_quartiles_and_epochs():
+    from cryonb.viz import posterior_kl_figure
+
+    kl = [np.array([0.0, 1.0, 2.0, 3.0, 4.0]), np.array([0.5, 0.5, 0.5, 0.5, 2.5])]
+    history = pd.DataFrame(_records(8))
+    fig = posterior_kl_figure(kl, history, n_batches=4)
+    ax1, ax2 = fig.axes
+    median, mean = ax1.get_lines()
+    np.testing.assert_array_equal(median.get_xdata(), [2, 3])
+    np.testing.assert_allclose(median.get_ydata(), [2.0, 0.5])
+    np.testing.assert_allclose(mean.get_ydata(), [2.0, 0.9])
+    (frac,) = ax2.get_lines()
+    np.testing.assert_allclose(frac.get_xdata(), np.arange(8) / 4 + 1)
+    np.testing.assert_allclose(frac.get_ydata(), 1.0 / (np.arange(8) + 1))

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ..image_model import ImageModel
-from ..plotting import ctf_figure, image_rows, orthogonal_slices
+from ..viz import ctf_figure, image_rows, orthogonal_slices
 from . import simulate
 
 
@@ -47,7 +47,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Simulate, write the data set and the pictures, print a summary."""
-    sim_args = simulate.build_args(out=args.out, n=args.n, box=args.box,
+    sim_args = simulate.build_args(out=args.out, n_particles=args.n, box=args.box,
                                    pixel_size=args.pixel_size, snr=args.snr, seed=args.seed)
     simulate.main(sim_args)
     from ..synthetic.particles import load_simulation

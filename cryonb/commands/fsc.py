@@ -69,7 +69,7 @@ def main(args: argparse.Namespace) -> int:
     for threshold in (HALF_MAP_THRESHOLD, REFERENCE_THRESHOLD):
         print(f"FSC {threshold:<5}: {curve.resolution(threshold)}")
     if args.out is not None:
-        from ..plotting import fsc_figure
+        from ..viz import fsc_figure
 
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -14,6 +14,11 @@ map_from_halves.mrc, particles.star (MAP poses, rlnRandomSubset), history.csv, f
 run.json, checkpoint.npz.  With --known-poses: map.mrc by
 least-squares reconstruction with the STAR file's poses (half maps from rlnRandomSubset).
 
+Every setting of cryonb.abinitio.AbInitioConfig is an option generated from the dataclass
+(cryonb.commands.options): its default and its description come from there and --help shows
+both.  Established names are kept: box_size is --box, max_iterations --iterations, and
+checkpoint_every_s is --checkpoint-min, in minutes.
+
 Examples:
   cryonb reconstruct demo_out/particles.star --out rec --box 32 --time-limit 10
   cryonb reconstruct particles.star --out rec --resume
@@ -31,38 +36,37 @@ from pathlib import Path
 
 import numpy as np
 
+#: AbInitioConfig fields whose option keeps its established name (README, docs, scripts).
+RENAME = {"box_size": "--box", "max_iterations": "--iterations",
+          "checkpoint_every_s": "--checkpoint-min"}
+#: AbInitioConfig fields given in other units on the command line: (unit, field per unit).
+UNITS = {"checkpoint_every_s": ("min", 60.0)}
+#: Allowed values of AbInitioConfig's string fields (ignored while a field does not exist).
+CHOICES = {"backend": ("numpy", "cupy")}
+#: AbInitioConfig fields without an option (none: every field is a CLI option).
+EXCLUDE: tuple[str, ...] = ()
+
+
+def _config_class() -> type:
+    """:class:`AbInitioConfig`, from the light :mod:`cryonb.config` when that module exists."""
+    try:
+        from ..config import AbInitioConfig
+    except ModuleNotFoundError as err:
+        if err.name != "cryonb.config":
+            raise
+        from ..abinitio import AbInitioConfig
+    return AbInitioConfig
+
 
 def add_args(parser: argparse.ArgumentParser) -> None:
-    """Register the options."""
+    """Register the options: the run's own, then one per :class:`AbInitioConfig` field."""
+    from .options import add_dataclass_options
+
     parser.add_argument("particles", type=Path, help="RELION .star or cryoSPARC .cs")
     parser.add_argument("--out", type=Path, required=True, help="run folder")
     parser.add_argument("--datadir", type=Path, default=None,
                         help="folder the image paths are relative to")
-    parser.add_argument("--box", type=int, default=None,
-                        help="Fourier-crop the images to this box (px, even, at least "
-                        f"{MIN_BOX}) on the fly")
-    parser.add_argument("--max-res", type=float, default=None,
-                        help="target resolution in Å (default: Nyquist of the working box)")
-    parser.add_argument("--start-res", type=float, default=40.0, help="first band limit, Å (40)")
-    parser.add_argument("--first-stage-epochs", type=float, default=3.0,
-                        help="passes over the images at the first band limit (3)")
-    parser.add_argument("--split-res", type=float, default=30.0,
-                        help="band limit where the half-sets separate, Å (30)")
-    parser.add_argument("--iterations", type=int, default=None, help="iteration budget")
-    parser.add_argument("--time-limit", type=float, default=None, help="wall-time budget, min")
-    parser.add_argument("--iterations-per-stage", type=int, default=30,
-                        help="iterations per band-limit step (30; paper: 150)")
-    parser.add_argument("--batch-size", type=int, default=100, help="minibatch size (100)")
-    parser.add_argument("--particle-radius", type=float, default=None,
-                        help="particle radius in Å (sets the angular sampling)")
-    parser.add_argument("--shift-sigma", type=float, default=10.0,
-                        help="prior sigma of the origins, Å (10)")
-    parser.add_argument("--shift-extent", type=float, default=30.0,
-                        help="largest origin searched, Å (30)")
     parser.add_argument("--invert", action="store_true", help="flip the contrast first")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (0)")
-    parser.add_argument("--checkpoint-min", type=float, default=2.0,
-                        help="minutes between checkpoints (2)")
     parser.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
     parser.add_argument("--known-poses", action="store_true",
                         help="reconstruct with the file's poses instead of ab initio")
@@ -72,6 +76,11 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                          help="compute minibatches on this Dask cluster (tcp://host:8786)")
     cluster.add_argument("--dask-workers", type=int, default=None, metavar="N",
                          help="start a local Dask cluster of N single-threaded worker processes")
+    config = parser.add_argument_group(
+        "ab initio settings (cryonb.abinitio.AbInitioConfig; --box also applies to "
+        f"--known-poses and must be even and at least {MIN_BOX} px)")
+    add_dataclass_options(config, _config_class(), exclude=EXCLUDE, rename=RENAME, units=UNITS,
+                          choices=CHOICES)
 
 
 MIN_BOX = 16  # px: smallest --box accepted (see _check_box)
@@ -89,7 +98,7 @@ def _check_box(args: argparse.Namespace, ds) -> None:
     """
     from ..io.errors import input_error
 
-    box = args.box
+    box = args.box_size
     if box is None or box == ds.box_size:
         return
     if box > ds.box_size:
@@ -117,13 +126,13 @@ def _known_poses(args: argparse.Namespace, ds) -> int:
     from ..io import write_mrc
     from ..io.errors import input_error
     from ..metrics import half_map_resolution
-    from ..plotting import fsc_figure
+    from ..viz import fsc_figure
 
     if ds.rotations is None:
         raise input_error(args.particles, "--known-poses needs _rlnAngleRot/Tilt/Psi",
                           "run ab initio (drop --known-poses) or give a refined STAR file")
-    if args.box is not None and args.box < ds.box_size:
-        ds = ds.fourier_cropped(args.box)
+    if args.box_size is not None and args.box_size < ds.box_size:
+        ds = ds.fourier_cropped(args.box_size)
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     volume = reconstruct_known_poses(ds, progress=not args.no_progress)
@@ -142,6 +151,12 @@ def _known_poses(args: argparse.Namespace, ds) -> int:
 
 def main(args: argparse.Namespace) -> int:
     """Run the reconstruction and print a summary."""
+    from .options import dataclass_from_args
+
+    try:
+        config = dataclass_from_args(_config_class(), args)
+    except ValueError as err:  # AbInitioConfig's own checks (e.g. --common-fraction 2)
+        raise SystemExit(f"cryonb reconstruct: error: {err}") from err
     ds = _load(args)
     _check_box(args, ds)
     if not args.known_poses:
@@ -151,16 +166,7 @@ def main(args: argparse.Namespace) -> int:
                        if args.invert else "pass --invert to flip the contrast")
     if args.known_poses:
         return _known_poses(args, ds)
-    from ..abinitio import AbInitioConfig, AbInitioRun, summary_lines
-
-    config = AbInitioConfig(
-        box_size=args.box, max_res_A=args.max_res, start_res_A=args.start_res,
-        first_stage_epochs=args.first_stage_epochs,
-        split_res_A=args.split_res, iterations_per_stage=args.iterations_per_stage,
-        batch_size=args.batch_size, max_iterations=args.iterations,
-        time_limit_min=args.time_limit, seed=args.seed, particle_radius_A=args.particle_radius,
-        shift_sigma_A=args.shift_sigma, shift_extent_A=args.shift_extent,
-        checkpoint_every_s=60.0 * args.checkpoint_min)
+    from ..abinitio import AbInitioRun, summary_lines
     from ..distributed import dask_client
 
     with dask_client(args.scheduler, args.dask_workers) as client:

@@ -32,6 +32,7 @@ from ..io.errors import input_error
 from ..samples import sample_path
 from ..synthetic.density import DensityParams, density_from_file
 from ..synthetic.particles import SimulationParams, read_ctf_table, simulate_to_files
+from .options import add_dataclass_options, dataclass_from_args
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -42,21 +43,23 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--map", type=Path, default=None, help="density map (MRC) instead")
     parser.add_argument("--chains", default=None, help="keep only these chains, e.g. ABC")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
-    parser.add_argument("--n", type=int, default=1000, help="number of particles (1000)")
     parser.add_argument("--box", type=int, default=64, help="box size in px (64)")
     parser.add_argument("--pixel-size", type=float, default=5.6, help="pixel size in Å (5.6)")
-    parser.add_argument("--snr", type=float, default=0.05, help="signal/noise variance (0.05)")
     parser.add_argument("--ctf-table", type=Path, default=None,
                         help="CSV of real CTFs to draw from (default: the bundled 200 kV table)")
     parser.add_argument("--ctf-ranges", action="store_true",
-                        help="draw defoci uniformly in 1-4 µm instead of from a table")
-    parser.add_argument("--shift-sigma", type=float, default=8.4,
-                        help="standard deviation of the origins, Å (8.4 = 3 px at 2.8 Å)")
-    parser.add_argument("--bfactor", type=float, default=500.0,
-                        help="B-factor of the CTF envelope, Å^2 (paper: 500)")
+                        help="draw CTFs from --defocus-range, --astigmatism, --voltage, --cs "
+                        "and --amplitude-contrast instead of from a table")
     parser.add_argument("--seed", type=int, default=0, help="random seed (0)")
-    parser.add_argument("--chunk", type=int, default=500, help="images simulated at once (500)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    add_dataclass_options(parser.add_argument_group("simulation (SimulationParams)"),
+                          SimulationParams, rename=RENAME, defaults=DEFAULTS)
+
+
+#: SimulationParams fields whose option keeps its established name.
+RENAME = {"n_particles": "--n", "chunk_size": "--chunk"}
+#: Defaults of the SimulationParams fields that have none.
+DEFAULTS = {"n_particles": 1000}
 
 
 def build_args(**values: object) -> argparse.Namespace:
@@ -115,21 +118,23 @@ def main(args: argparse.Namespace) -> int:
             raise input_error(table_path, f"not a usable CTF table ({err})",
                               "give a CSV with columns defocus_u_A, defocus_v_A, "
                               "defocus_angle_deg, voltage_kV, cs_mm, amplitude_contrast") from err
-    params = SimulationParams(n_particles=args.n, snr=args.snr, shift_sigma_A=args.shift_sigma,
-                              bfactor_A2=args.bfactor, chunk_size=args.chunk)
+    try:
+        params = dataclass_from_args(SimulationParams, args)
+    except ValueError as err:  # SimulationParams' own checks (e.g. --snr 0)
+        raise SystemExit(f"cryonb simulate: error: {err}") from err
     result = simulate_to_files(volume, psize, params, np.random.default_rng(args.seed), args.out,
                                ctf_table=table, progress=not args.no_progress)
     summary = {
-        "source": source, "n_particles": args.n, "box_size": box, "pixel_size_A": psize,
+        "source": source, "n_particles": params.n_particles, "box_size": box, "pixel_size_A": psize,
         "seed": args.seed, "ctf_table": None if table is None else str(table_path),
-        "requested_snr": args.snr, "achieved_snr": result.achieved_snr,
+        "requested_snr": params.snr, "achieved_snr": result.achieved_snr,
         "noise_sigma": result.noise_sigma, "signal_variance": result.signal_variance,
         "params": asdict(params),
     }
     (Path(args.out) / "simulation.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(f"density    {source} -> {result.truth_path} ({box}^3 at {psize:g} Å/px)")
-    print(f"particles  {args.n} x {box}^2 px -> {result.stack_path}")
+    print(f"particles  {params.n_particles} x {box}^2 px -> {result.stack_path}")
     print(f"metadata   RELION 3.1 STAR with true poses -> {result.star_path}")
-    print(f"SNR        requested {args.snr:g}, achieved {result.achieved_snr:.4g} "
+    print(f"SNR        requested {params.snr:g}, achieved {result.achieved_snr:.4g} "
           f"(noise sigma {result.noise_sigma:.4g})")
     return 0

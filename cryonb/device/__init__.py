@@ -1,7 +1,7 @@
 """The backend-generic ("device") path: likelihood, gradient, slicing, CTF and FFTs written
 with Python array API operations only, so they run on CuPy (a GPU) as well as on NumPy.
 
-The host path (NumPy + numba kernels: :mod:`cryonb.likelihood`, :mod:`cryonb.projection`) is
+The host path (NumPy + numba kernels: :mod:`cryonb.likelihood.host`, :mod:`cryonb.projection`) is
 the fast path on a CPU; this package is what runs when the backend is CuPy, or any other
 array-API namespace.  The tests run it with NumPy and with ``array_api_strict`` (a namespace
 that rejects every non-standard call), so no NumPy-only call hides in it.  Backend-specific
@@ -20,8 +20,9 @@ module                      job
 ``device.projection``       ``DeviceProjector`` (slice via ``take``, back-projection),
                             shift phase ramps
 ``device.scatter``          scatter-add (NumPy / CuPy / portable sort-based fallback)
-``device.likelihood``       ``DeviceMarginalLikelihood``; ``marginal_likelihood``
-                            picks the engine for a backend
+``device.likelihood``       re-export of ``DeviceMarginalLikelihood`` (now in
+                            :mod:`cryonb.likelihood.device`) and ``marginal_likelihood``
+                            (alias of :func:`cryonb.likelihood.make_engine`)
 ==========================  ======================================================
 
 Examples
@@ -32,7 +33,23 @@ Examples
 ...                    gradient=True)
 """
 
-from .likelihood import DeviceMarginalLikelihood, marginal_likelihood
+from typing import Any
+
 from .projection import DeviceProjector, shift_phases
 
 __all__ = ["DeviceMarginalLikelihood", "DeviceProjector", "marginal_likelihood", "shift_phases"]
+
+
+def __getattr__(name: str) -> Any:
+    """``DeviceMarginalLikelihood`` and ``marginal_likelihood`` from :mod:`cryonb.likelihood`,
+    imported on first use: :mod:`cryonb.likelihood.device` imports this package's modules, so
+    an eager import here would be circular."""
+    if name == "DeviceMarginalLikelihood":
+        from ..likelihood.device import DeviceMarginalLikelihood
+
+        return DeviceMarginalLikelihood
+    if name == "marginal_likelihood":
+        from ..likelihood.engine import marginal_likelihood
+
+        return marginal_likelihood
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -177,7 +177,7 @@ class SolverDashboardView:
         if solver is not None and records:
             phase = self.monitor.phase
             snap["volume"] = solver.volume.copy()
-            snap["pixel_size_A"] = float(getattr(solver.objective, "pixel_size_A", 1.0))
+            snap["pixel_size_A"] = float(solver.objective.pixel_size_A)  # the Objective protocol
             snap["label"] = f"iteration {solver.iteration}" + (f" ({phase})" if phase else "")
         return snap
 

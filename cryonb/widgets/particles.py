@@ -1,7 +1,7 @@
 """``ParticleBrowser``: pages of particle images with their CTFs and, once a map exists, posteriors.
 
 The controls are two-way linked to a :class:`ParticleBrowserState`; pictures come from
-:func:`cryonb.viz.particle_page_figure`, :func:`cryonb.plotting.ctf_figure` and
+:func:`cryonb.viz.particle_page_figure`, :func:`cryonb.viz.ctf_figure` and
 :func:`cryonb.viz.direction_posterior`.
 """
 
@@ -15,8 +15,7 @@ import numpy as np
 import traitlets
 from numpy.typing import ArrayLike, NDArray
 
-from ..plotting import ctf_figure
-from ..viz import direction_posterior, particle_page_figure
+from ..viz import ctf_figure, direction_posterior, particle_page_figure
 from ._common import new_image, show_figure
 
 __all__ = ["ParticleBrowser", "ParticleBrowserState", "ParticleBrowserView"]

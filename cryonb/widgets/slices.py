@@ -2,7 +2,7 @@
 
 The controls are two-way linked to a :class:`VolumeViewerState` (traitlets); every change of the
 state redraws through :func:`cryonb.viz.volume_slices_figure` and, for the low-pass filter,
-:func:`cryonb.viz.low_pass` (the iso-surfaces follow the filtered maps).
+:func:`cryonb.fourier.lowpass` (the iso-surfaces follow the filtered maps).
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ import numpy as np
 import traitlets
 from numpy.typing import ArrayLike
 
-from ..viz import AXES, low_pass, volume_slices_figure
+from ..viz import AXES, volume_slices_figure
+from ..viz._common import lowpass_to_resolution
 from ._common import new_image, show_figure
 from .volume import IsosurfaceView, isosurface
 
@@ -118,7 +119,8 @@ class VolumeView:
         if key not in self._filtered:
             if len(self._filtered) > 8:
                 self._filtered.clear()
-            self._filtered[key] = [low_pass(v, self.pixel_size_A, key) for v in self.volumes]
+            self._filtered[key] = [lowpass_to_resolution(v, self.pixel_size_A, key)
+                                   for v in self.volumes]
         return self._filtered[key]
 
     def redraw(self, _change: Any = None) -> None:

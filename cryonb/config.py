@@ -1,0 +1,199 @@
+"""The settings of an ab initio job (:class:`AbInitioConfig`) and their translation into the
+solver's parameters.
+
+This module is light (no numba, no likelihood engine): the command line builds its options
+from :class:`AbInitioConfig`'s fields, defaults and docstring without importing the
+reconstruction code.  :class:`AbInitioConfig` is the one place of every default.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields, replace
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .band_limit import BandLimitSchedule
+    from .importance import ISSchedule
+    from .objective import QuadratureOptions
+    from .sagd import SAGDParams
+
+__all__ = ["BUDGET_OPTIONS", "AbInitioConfig", "is_schedule_for"]
+
+#: Options whose change between a run and its resume only changes the budget, not the job.
+BUDGET_OPTIONS = ("checkpoint_every_s", "time_limit_min", "max_iterations")
+
+
+@dataclass(frozen=True)
+class AbInitioConfig:
+    """Settings of an ab initio run (units in the names).
+
+    Attributes
+    ----------
+    box_size : int or None
+        Fourier-crop the images to this box first, px (None: keep).
+    max_res_A : float or None
+        Target resolution, Å (None: Nyquist of the working box).
+    start_res_A : float
+        First band limit, Å (paper: 40 Å).
+    first_stage_epochs : float
+        The first band-limit stage lasts this many passes over the training images (at least
+        ``iterations_per_stage`` iterations, at most ``common_fraction`` of ``max_iterations``
+        when that budget is given): the shape is decided there (measured on 10,000 GroEL
+        images at 7.5 Å/px, correlation with the truth of the 40 Å map: 0.55 after 0.5 epoch,
+        0.63 / 0.68 / 0.76 after 1.5 / 2 / 3 epochs; a correct 40 Å map scores 0.79).
+    split_res_A : float
+        Band limit where the two half-sets separate, Å.
+    freq_step_invA : float
+        Increase of the band limit per stage (frequency marching), 1/Å.
+    iterations_per_stage : int
+        Iterations per band-limit stage (paper: 150); also the learning rate's halving time
+        and the time scale of the importance-sampling schedule.
+    batch_size : int
+        Images per minibatch (at most a quarter of the data set).
+    n_heldout : int
+        Held-out images whose mean negative log-likelihood is tracked.
+    max_iterations : int or None
+        Iteration budget of the whole job (an iteration of the two halves counts once).
+    time_limit_min : float or None
+        Wall-time budget of the whole job, min.
+    seed : int
+        Seed of every random generator of the run.
+    particle_radius_A : float or None
+        Particle radius, Å: sets the angular sampling (None: 0.4 of the box).
+    shift_sigma_A : float
+        Standard deviation of the Gaussian prior on the origins, Å.
+    shift_extent_A : float
+        Largest origin searched, Å.
+    ess_scale : float
+        Importance-sampling draws per effective sample (paper: 10).
+    prior_rate : float or None
+        Rate of the exponential prior on the density, per unit density (None: no prior).
+    checkpoint_every_s : float
+        Time between checkpoints, s.
+    common_fraction : float
+        The common phase ends (the halves separate) after this fraction of either budget at
+        the latest, so that a short budget still leaves two thirds of itself for independent
+        halves; the first stage is capped the same way in an iteration budget.
+    min_fitted_iterations : int
+        A band limit counts as fitted (for the FSC cap and for independent halves) only after
+        this many iterations at it; 10 iterations of 100 images let the new shell's
+        coefficients move from zero to a third or more of their final size.
+    backend : str
+        Where the likelihoods and gradients are computed: "numpy" (CPU, numba) or "cupy"
+        (a CUDA GPU; needs CuPy).
+    """
+
+    box_size: int | None = None
+    max_res_A: float | None = None
+    start_res_A: float = 40.0
+    first_stage_epochs: float = 3.0
+    split_res_A: float = 30.0
+    freq_step_invA: float = 0.005
+    iterations_per_stage: int = 30
+    batch_size: int = 100
+    n_heldout: int = 50
+    max_iterations: int | None = None
+    time_limit_min: float | None = None
+    seed: int = 0
+    particle_radius_A: float | None = None
+    shift_sigma_A: float = 10.0
+    shift_extent_A: float = 30.0
+    ess_scale: float = 10.0
+    prior_rate: float | None = None
+    checkpoint_every_s: float = 120.0
+    common_fraction: float = 1.0 / 3.0
+    min_fitted_iterations: int = 10
+    backend: str = "numpy"
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.common_fraction < 1.0:
+            raise ValueError(f"common_fraction must lie in (0, 1), got {self.common_fraction}")
+        if self.min_fitted_iterations < 1:
+            raise ValueError("min_fitted_iterations must be >= 1")
+        if self.backend not in ("numpy", "cupy"):
+            raise ValueError(f"backend must be 'numpy' or 'cupy', got {self.backend!r}")
+
+    # ------------------------------------------------------------------ checks
+    def check_backend(self) -> str:
+        """The backend's name; raises a one-line :class:`~cryonb.io.errors.CryonbInputError`
+        (a ValueError) when it cannot be used here (CuPy or a GPU missing)."""
+        from .backend import get_backend
+        from .io.errors import input_error
+
+        try:
+            return get_backend(self.backend).name
+        except (RuntimeError, ValueError, ImportError) as err:
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0].rstrip(".")
+            raise input_error(f"backend {self.backend!r}", f"cannot be used: {first}",
+                              "choose backend 'numpy'") from None
+
+    def resume_differences(self, saved: dict[str, Any]) -> tuple[list[str], list[str]]:
+        """Compared with the configuration ``saved`` (``asdict`` of an earlier run's, a field
+        it lacks taking its default): ``(fields that change the job, budget fields that
+        changed)``; the checkpoint interval is never reported."""
+        defaults = {f.name: f.default for f in fields(self)}
+        current = self.as_json()
+        old = {k: saved.get(k, defaults.get(k)) for k in current}
+        differ = sorted(k for k in current if k not in BUDGET_OPTIONS and old[k] != current[k])
+        changed = [k for k in BUDGET_OPTIONS if old[k] != current[k] and k != "checkpoint_every_s"]
+        return differ, changed
+
+    def as_json(self) -> dict[str, Any]:
+        """The fields as JSON values (as stored in checkpoints and ``run.json``)."""
+        import json
+
+        return json.loads(json.dumps(asdict(self)))
+
+    # ------------------------------------------------------------------ translation
+    def band_limits(self, pixel_size_A: float) -> BandLimitSchedule:
+        """The job's frequency marching for images of ``pixel_size_A`` (first stage not set:
+        see :meth:`sagd_params`)."""
+        from .band_limit import BandLimitSchedule
+
+        return BandLimitSchedule.from_resolution(
+            start_res_A=self.start_res_A, target_res_A=self.max_res_A, pixel_size_A=pixel_size_A,
+            step_invA=self.freq_step_invA, iterations_per_stage=self.iterations_per_stage)
+
+    def split_invA(self, schedule: BandLimitSchedule) -> float:
+        """The band limit (1/Å) where the halves separate, within ``schedule``'s range."""
+        return schedule.clamp(1.0 / self.split_res_A)
+
+    def sagd_params(self, n_images: int, schedule: BandLimitSchedule) -> SAGDParams:
+        """The solver's parameters for ``n_images`` images and the band limits ``schedule``,
+        with the first stage of ``first_stage_epochs``."""
+        from .sagd import SAGDParams
+
+        params = SAGDParams(
+            batch_size=min(self.batch_size, max(1, n_images // 4)), n_heldout=self.n_heldout,
+            **{**schedule.params_fields(), "first_stage_iterations": None},
+            eps_halving=self.iterations_per_stage, max_iterations=self.max_iterations,
+            time_limit_s=None if self.time_limit_min is None else 60.0 * self.time_limit_min)
+        first = math.ceil(self.first_stage_epochs * params.split_sizes(n_images)[1])
+        if self.max_iterations is not None:  # leave room for the march in an iteration budget
+            first = min(first, int(self.max_iterations * self.common_fraction))
+        return replace(params, first_stage_iterations=max(self.iterations_per_stage, first))
+
+    def quadrature_options(self, box_size: int, pixel_size_A: float) -> QuadratureOptions:
+        """How the objective sizes its pose grids (radius default: 0.4 of the box)."""
+        from .objective import QuadratureOptions
+
+        radius = self.particle_radius_A or 0.4 * box_size * pixel_size_A
+        return QuadratureOptions(particle_radius_A=radius, shift_sigma_A=self.shift_sigma_A,
+                                 shift_extent_A=self.shift_extent_A)
+
+    def is_schedule(self) -> ISSchedule:
+        """The importance-sampling schedule (:func:`is_schedule_for` the stage length)."""
+        return is_schedule_for(self.iterations_per_stage)
+
+
+def is_schedule_for(iterations_per_stage: int) -> ISSchedule:
+    """The reference's IS schedule, compressed in time by ``iterations_per_stage / 150``."""
+    from .importance import ISSchedule
+
+    f = iterations_per_stage / 150.0
+    ref = ISSchedule.reference()
+    return replace(ref, alpha_rate=ref.alpha_rate / f, alpha_delay=round(ref.alpha_delay * f),
+                   temperature_scale=ref.temperature_scale * f,
+                   temperature_delay=round(ref.temperature_delay * f),
+                   chirality_flip_until=round(ref.chirality_flip_until * f))

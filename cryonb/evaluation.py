@@ -1,0 +1,67 @@
+"""What an objective is to :class:`cryonb.sagd.SAGDSolver`: the :class:`Objective` protocol and
+the :class:`Evaluation` it returns.
+
+Its own module so that the solver (:mod:`cryonb.sagd`) and the objectives
+(:mod:`cryonb.objective`, :mod:`cryonb.distributed`) import it without importing each other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from numpy.typing import NDArray
+
+__all__ = ["Evaluation", "Objective"]
+
+
+@dataclass(frozen=True, eq=False)
+class Evaluation:
+    """What an :class:`Objective` returns for a set of images.
+
+    Attributes
+    ----------
+    nll : ndarray (B,)
+        Negative log-likelihood of each image (marginalised over poses).
+    grad : ndarray (N, N, N) or None
+        Gradient of ``nll.sum()`` with respect to the real-space density.
+    fraction_evaluated : float
+        Fraction of the quadrature points evaluated (importance sampling).
+    token : object
+        Opaque; pass back as ``reuse=`` to evaluate again on the same pose samples.
+    """
+
+    nll: NDArray
+    grad: NDArray | None
+    fraction_evaluated: float = 1.0
+    token: Any = None
+
+
+class Objective(Protocol):
+    """The data term the solver minimises (see :class:`cryonb.objective.MarginalObjective`).
+
+    ``pixel_size_A``: the images' pixel size (Å), with which the solver turns band limits in
+    1/Å into Fourier pixels.
+    """
+
+    pixel_size_A: float
+
+    def set_band_limit(self, max_freq_invA: float) -> None:
+        """Work at band limit ``max_freq_invA`` from now on (quadrature follows)."""
+
+    def evaluate(self, volume: NDArray, indices: NDArray, *, gradient: bool, record: bool,
+                 iteration: int, reuse: Any = None) -> Evaluation:
+        """Per-image NLL (and gradient) of images ``indices`` for ``volume``.
+
+        ``record``: let the evaluation update per-image state (importance sampling);
+        ``iteration``: the solver's iteration (schedules); ``reuse``: a previous evaluation's
+        ``token`` to evaluate on the same pose samples (line search).
+        """
+
+    def state_dict(self) -> dict[str, Any]:
+        """Arrays and scalars to checkpoint (e.g. importance-sampling state)."""
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+
+

@@ -1,0 +1,111 @@
+"""Curves: FSC, and the solver's history (objective, band limit, importance sampling)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+
+__all__ = ["fsc_figure", "history_table", "solver_history_figure"]
+
+
+def fsc_figure(curves: Sequence, labels: Sequence[str], *,
+               thresholds: Sequence[float] = (0.143, 0.5)) -> Figure:
+    """FSC curves (:class:`cryonb.metrics.FSCResult`) against spatial frequency, with thresholds
+    and the resolution at each threshold in the legend (``<X Å``: the curve stays above it up
+    to its band limit, X)."""
+    fig = Figure(figsize=(6.0, 3.4), layout="constrained")
+    ax = fig.subplots()
+    for curve, label in zip(curves, labels, strict=True):
+        res = ", ".join(f"{curve.resolution(t).label}@{t:g}" for t in thresholds)
+        ax.plot(curve.freq_invA[1:], curve.fsc[1:], lw=1.2, label=f"{label} ({res})")
+    for t in thresholds:
+        ax.axhline(t, color="0.6", lw=0.6, ls="--")
+    ax.set_xlabel("spatial frequency (1/Å)")
+    ax.set_ylabel("FSC")
+    ax.set_ylim(-0.1, 1.02)
+    ax.legend(fontsize=7)
+    return fig
+
+
+# --------------------------------------------------------------------------- solver history
+def history_table(history: Any) -> Any:
+    """A solver history as a pandas DataFrame.
+
+    Accepts :attr:`cryonb.sagd.SAGDSolver.history` (xarray), a DataFrame (e.g. the ab initio
+    job's ``history.csv``) or a list of record dicts (``callback(solver, record)``, optionally
+    with a ``phase``).  With a ``phase`` column and no ``step`` column, a ``step`` column is
+    added: the iteration, counted after the ``"common"`` phase's iterations for the other
+    phases (the ab initio job's two halves run side by side after the common start).
+    """
+    import pandas as pd
+
+    if isinstance(history, pd.DataFrame):
+        table = history.reset_index(drop=True)
+    elif hasattr(history, "to_dataframe"):
+        table = history.to_dataframe().reset_index()
+    else:
+        table = pd.DataFrame(list(history))
+    if len(table) and "phase" in table and "step" not in table:
+        common = table["phase"] == "common"
+        offset = int(table.loc[common, "iteration"].max()) + 1 if common.any() else 0
+        table = table.assign(step=table["iteration"] + np.where(common, 0, offset))
+    return table
+
+
+def solver_history_figure(history: Any, *, title: str = "") -> Figure:
+    """Objective and held-out NLL, band limit (as a resolution) and fraction of points evaluated.
+
+    ``history``: see :func:`history_table`.  The x axis is the column ``step`` when present
+    (iterations counted across phases, e.g. the ab initio job's common start and two halves),
+    else ``iteration``; a ``phase`` column draws one line per phase.
+    """
+    table = history_table(history)
+    fig = Figure(figsize=(9.5, 2.8), layout="constrained")
+    ax_nll, ax_res, ax_frac = fig.subplots(1, 3)
+    if len(table) == 0:
+        for ax in (ax_nll, ax_res, ax_frac):
+            ax.text(0.5, 0.5, "no iterations yet", ha="center", va="center", fontsize=8,
+                    transform=ax.transAxes)
+    xname = "step" if "step" in table else "iteration"
+    groups: Any = []
+    if len(table):
+        groups = table.groupby("phase", sort=False) if "phase" in table else [("", table)]
+    for i, (phase, part) in enumerate(groups):
+        colour = f"C{i}"
+        x = part[xname].to_numpy(float)
+        suffix = f" ({phase})" if phase else ""
+        ax_nll.plot(x, part["objective"].to_numpy(float), color=colour, lw=0.8, alpha=0.6,
+                    label="minibatch" + suffix)
+        held = part["heldout_nll"].to_numpy(float)
+        ok = np.isfinite(held)
+        if ok.any():
+            ax_nll.plot(x[ok], held[ok], "o-", color=colour, ms=3, lw=1.2,
+                        label="held-out" + suffix)
+        w = part["max_freq_invA"].to_numpy(float)
+        ax_res.plot(x, 1.0 / w, color=colour, lw=1.2, label=phase or None)
+        ax_frac.plot(x, part["fraction_evaluated"].to_numpy(float), color=colour, lw=1.0,
+                     label=phase or None)
+    if len(table) and (table["objective"] > 0).all():
+        ax_nll.set_yscale("log")
+    ax_nll.set_ylabel("mean NLL per image")
+    ax_nll.set_title("objective", fontsize=9)
+    ax_res.set_ylabel("band limit 1/w (Å)")
+    ax_res.set_title("resolution of the band limit", fontsize=9)
+    ax_res.invert_yaxis()
+    ax_frac.set_ylabel("fraction of quadrature points")
+    ax_frac.set_title("importance sampling", fontsize=9)
+    if len(table) and (table["fraction_evaluated"] > 0).all():
+        ax_frac.set_yscale("log")
+    for ax in (ax_nll, ax_res, ax_frac):
+        ax.set_xlabel(xname)
+        ax.tick_params(labelsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=6)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig
+
+
