@@ -65,7 +65,9 @@ class AbInitioRun:
 
     Call :meth:`run`; with ``resume=True`` it continues from ``out_dir/checkpoint.npz``.
     ``client``: a ``distributed.Client``; every solver then computes its minibatches on the
-    cluster's workers (:mod:`cryonb.distributed`; same results as without).
+    cluster's workers (:mod:`cryonb.distributed`; same results as without).  Once running,
+    ``run.work`` is the data set it fits (normalised, Fourier-cropped to ``box_size``) and
+    :meth:`posteriors` gives the pose posteriors of its images under a map.
     """
 
     dataset: Dataset
@@ -116,6 +118,36 @@ class AbInitioRun:
                                     ess_scale=self.config.ess_scale)
         return MarginalObjective(dataset, self.noise_sigma, rng=rng, sampler=sampler,
                                  quadrature=self.qopts, backend=self.config.backend)
+
+    def posteriors(self, volume: NDArray, indices: NDArray, *,
+                   max_freq_invA: float | None = None) -> Any:
+        """The pose and shift posteriors of the working images ``indices`` under ``volume``.
+
+        Parameters
+        ----------
+        volume : ndarray, shape (N, N, N)
+            A map on the run's working grid (box ``N`` = ``run.work.box_size``), e.g. its
+            ``map.mrc``.
+        indices : ndarray of int, shape (B,)
+            Images of ``run.work`` (the normalised, Fourier-cropped images the run fits).
+        max_freq_invA : float or None
+            Band limit, 1/Å (None: the schedule's target).
+
+        Returns
+        -------
+        LikelihoodResult
+            Every quadrature point evaluated (no importance sampling), with the run's noise
+            sigma and quadrature options; what :class:`cryonb.widgets.ParticleBrowser` shows.
+        """
+        if not hasattr(self, "work"):
+            self._prepare()
+        objective = MarginalObjective(self.work, self.noise_sigma,
+                                      rng=np.random.default_rng(self.config.seed),
+                                      quadrature=self.qopts, backend=self.config.backend)
+        w = self.band_limits.target_invA if max_freq_invA is None else max_freq_invA
+        objective.set_band_limit(w)  # at most Nyquist (MarginalObjective.model_for)
+        objective.evaluate(np.asarray(volume), np.asarray(indices), gradient=False, record=False)
+        return objective.last_result
 
     def _common_solver(self) -> SAGDSolver:
         params = replace(self.params, target_max_freq_invA=self.split_freq,

@@ -17,6 +17,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+from .fourier import nyquist_invA
+
 __all__ = ["BandLimitSchedule"]
 
 
@@ -61,7 +63,7 @@ class BandLimitSchedule:
                         pixel_size_A: float, step_invA: float, iterations_per_stage: int,
                         first_stage_iterations: int | None = None) -> BandLimitSchedule:
         """From resolutions in Å; ``target_res_A=None`` (or finer than Nyquist): Nyquist."""
-        nyquist = 0.5 / float(pixel_size_A)
+        nyquist = nyquist_invA(pixel_size_A)
         target = nyquist if target_res_A is None else min(nyquist, 1.0 / target_res_A)
         return cls(start_invA=min(1.0 / start_res_A, target), target_invA=target,
                    step_invA=step_invA, iterations_per_stage=iterations_per_stage,

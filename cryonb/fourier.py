@@ -35,10 +35,16 @@ __all__ = [
     "frequency_grid_3d",
     "ifft2_centered",
     "ifft3_centered",
+    "nyquist_invA",
     "pad_center",
     "radial_average",
     "radial_index",
 ]
+
+
+def nyquist_invA(pixel_size_A: float) -> float:
+    """The Nyquist frequency ``1 / (2 pixel_size_A)`` in 1/Å: the one place of this formula."""
+    return 0.5 / float(pixel_size_A)
 
 
 def _fftc(x: Any, axes: tuple[int, ...], inverse: bool) -> Any:

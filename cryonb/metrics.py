@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from .fourier import fft3_centered, radial_index
+from .fourier import fft3_centered, nyquist_invA, radial_index
 
 __all__ = [
     "HALF_MAP_THRESHOLD",
@@ -149,7 +149,7 @@ class FSCResult:
     @property
     def limit_A(self) -> float:
         """The finest resolution the curve is determined to (Å): band limit or Nyquist."""
-        nyquist = 2.0 * self.pixel_size_A
+        nyquist = 1.0 / nyquist_invA(self.pixel_size_A)
         if self.max_freq_invA is None:
             return nyquist
         return max(1.0 / self.max_freq_invA, nyquist)

@@ -24,6 +24,7 @@ from numpy.typing import NDArray
 from .backend import Backend, get_backend
 from .dataset import Dataset
 from .evaluation import Evaluation
+from .fourier import nyquist_invA
 from .image_model import ImageModel
 from .likelihood import Engine, make_engine
 from .quadrature import Quadrature
@@ -149,7 +150,7 @@ class MarginalObjective(SampledObjective):
 
     def model_for(self, max_freq_invA: float) -> ImageModel:
         """The image model at band limit ``max_freq_invA`` (at most the images' Nyquist)."""
-        w = min(float(max_freq_invA), 0.5 / self.dataset.pixel_size_A)
+        w = min(float(max_freq_invA), nyquist_invA(self.dataset.pixel_size_A))
         return ImageModel(self.dataset.box_size, self.dataset.pixel_size_A, max_freq_invA=w,
                           pad=self.pad)
 

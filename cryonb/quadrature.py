@@ -50,6 +50,8 @@ import scipy.sparse as sp
 from numpy.typing import ArrayLike, NDArray
 from scipy.spatial import cKDTree
 
+from .fourier import nyquist_invA
+
 __all__ = [
     "Quadrature",
     "fibonacci_sphere",
@@ -263,7 +265,7 @@ class Quadrature:
         """:meth:`for_band_limit` at the band limit, box and pixel size of an ``ImageModel``."""
         w = model.max_freq_invA
         if w is None:
-            w = 0.5 / model.pixel_size_A
+            w = nyquist_invA(model.pixel_size_A)
         kwargs.setdefault("box_size", model.box_size)
         kwargs.setdefault("pixel_size_A", model.pixel_size_A)
         return cls.for_band_limit(w, **kwargs)

@@ -194,9 +194,13 @@ def test_the_time_budget_caps_the_common_phase(tiny_set, tmp_path):
     run = AbInitioRun(ds, tmp_path, config, progress=False)
     summary = run.run()
     common_s = run.common.state.elapsed_s
-    per_iteration = common_s / run.common.iteration
-    # split at the first iteration past a third of the 6 s
-    assert 2.0 <= common_s <= 2.0 + per_iteration + 1e-6
+    clock = [r["wall_time_s"] for r in run.common.state.records]
+    last_iteration_s = clock[-1] - (clock[-2] if len(clock) > 1 else 0.0)
+    # split at the first iteration past a third of the 6 s: the budget is checked after each
+    # iteration, so it is passed by at most the last one (not the mean: under load the
+    # iterations' lengths differ)
+    assert clock[-1] == pytest.approx(common_s)
+    assert 2.0 <= common_s <= 2.0 + last_iteration_s + 1e-6
     assert summary["iterations"]["half1"] >= 1
     # split before the first stage ended: the halves start at the band limit fitted so far
     assert summary["split_max_freq_invA"] == pytest.approx(1 / 40.0)
@@ -423,3 +427,29 @@ def test_resume_after_sigkill_equals_uninterrupted(tiny_set, tmp_path):
     np.testing.assert_array_equal(read_mrc(killed / "map.mrc").data,
                                   read_mrc(tmp_path / "straight" / "map.mrc").data)
     shutil.rmtree(killed)
+
+
+def test_posteriors_of_the_run_equal_the_direct_sum(tiny_set, tmp_path):
+    """``AbInitioRun.posteriors`` (what notebook 03 browses) evaluates every quadrature point:
+    its per-image log-likelihood equals the log-sum-exp of the direct reference sum of Eq. 4
+    over the same images, noise sigma, model and quadrature."""
+    from scipy.special import logsumexp
+
+    from cryonb.image_model import ImageModel
+    from cryonb.likelihood import reference_log_joint
+
+    ds = load_simulation(tiny_set)
+    run = AbInitioRun(ds, tmp_path / "post", CONFIG, progress=False)
+    ids = np.arange(5)
+    truth = np.asarray(ds.truth.volume, np.float64)
+    result = run.posteriors(truth, ids, max_freq_invA=1 / 30)
+    work = run.work
+    assert (result.n_evaluated == result.quadrature.size).all()
+    model = ImageModel(work.box_size, work.pixel_size_A, max_freq_invA=1 / 30)
+    joint = reference_log_joint(model, model.projector.volume_to_fourier(truth),
+                                work.images(ids), work.ctf.subset(ids),
+                                work.estimate_noise_sigma(), result.quadrature)
+    direct = logsumexp(joint.reshape(len(ids), -1), axis=1)
+    # float32 scores over ~200 Fourier pixels: agreement to 1e-5 of the log-likelihood's size
+    np.testing.assert_allclose(result.log_likelihood, direct, rtol=1e-5,
+                               atol=1e-5 * np.abs(direct).max())

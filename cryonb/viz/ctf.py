@@ -6,7 +6,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from ..ctf import CTFParams, evaluate_ctf
-from ..fourier import frequency_grid_2d
+from ..fourier import frequency_grid_2d, nyquist_invA
 
 __all__ = ["ctf_figure", "ctf_zeros_invA"]
 
@@ -31,7 +31,7 @@ def ctf_figure(ctf: CTFParams, box_size: int, pixel_size_A: float) -> Figure:
     direction (90° from it), from 0 to Nyquist; grey ticks mark the zeros along U.
     """
     one = ctf.subset([0])
-    nyquist = 1.0 / (2.0 * pixel_size_A)
+    nyquist = nyquist_invA(pixel_size_A)
     k = np.linspace(0.0, nyquist, 1000)
     fig = Figure(figsize=(9.0, 3.0), layout="constrained")
     ax1, ax2 = fig.subplots(1, 2, width_ratios=[2.2, 1])

@@ -15,6 +15,7 @@ import numpy as np
 import traitlets
 from numpy.typing import ArrayLike, NDArray
 
+from ..fourier import nyquist_invA
 from ..viz import ctf_figure, direction_posterior, particle_page_figure
 from ._common import new_image, show_figure
 
@@ -253,7 +254,7 @@ def ParticleBrowser(dataset: Any, likelihood_result: Any = None, *,
     page = widgets.IntSlider(min=0, max=0, description="page", continuous_update=False)
     particle = widgets.BoundedIntText(min=0, max=n - 1, description="particle #",
                                       layout=widgets.Layout(width="180px"))
-    nyquist_A = 2.0 * dataset.pixel_size_A
+    nyquist_A = 1.0 / nyquist_invA(dataset.pixel_size_A)
     top_A = max(40.0, 4.0 * nyquist_A)
     state.low_pass_A = nyquist_A
     low = widgets.FloatSlider(min=nyquist_A, max=top_A, step=max(0.1, (top_A - nyquist_A) / 100),
