@@ -119,8 +119,8 @@ RELION_BAND_LIMIT = "image_size"
 #: box only caps the band-limit march at its Nyquist: 32 px stops at 22.4 Å, coarser than
 #: RELION's 15 Å cut-off, 64 px would march on to 11.2 Å at a higher cost per iteration.  48 px
 #: (7.47 Å/px, Nyquist 14.9 Å) reaches RELION's final cut-off for the least.  30 iterations per
-#: stage after a first stage of 3 epochs (the default ``first_stage_epochs``; 300 iterations
-#: here): the shape is decided in that first stage, the later stages only refine it.
+#: stage (at most) after a first stage of the default ``first_stage_images`` (200 iterations
+#: of 100): the shape is decided in that first stage, the later stages only refine it.
 CRYONB_BOX = {"full": 48, "short": 48, "quick": 32}
 CRYONB_STAGE_ITERATIONS = {"full": 30, "short": 30, "quick": 10}
 

@@ -28,6 +28,7 @@ __all__ = [
     "csr_posterior",
     "csr_rows_accumulate",
     "csr_rows_to_dense",
+    "group_tasks",
     "score_block_complete",
     "score_block_count_above",
     "score_block_exp_sums",
@@ -102,18 +103,37 @@ def slice_trilinear(volume, rotations, coords, scale, out):  # pragma: no cover 
     n_pts = coords.shape[0]
     for b in numba.prange(n_rot):
         r = rotations[b]
+        ax, bx = r[0, 0] * scale, r[0, 1] * scale
+        ay, by = r[1, 0] * scale, r[1, 1] * scale
+        az, bz = r[2, 0] * scale, r[2, 1] * scale
         for m in range(n_pts):
-            kx = coords[m, 0] * scale
-            ky = coords[m, 1] * scale
-            x = r[0, 0] * kx + r[0, 1] * ky + c
-            y = r[1, 0] * kx + r[1, 1] * ky + c
-            z = r[2, 0] * kx + r[2, 1] * ky + c
+            kx = coords[m, 0]
+            ky = coords[m, 1]
+            x = ax * kx + bx * ky + c
+            y = ay * kx + by * ky + c
+            z = az * kx + bz * ky + c
             x0 = int(np.floor(x))
             y0 = int(np.floor(y))
             z0 = int(np.floor(z))
             fx = x - x0
             fy = y - y0
             fz = z - z0
+            if 0 <= x0 < p - 1 and 0 <= y0 < p - 1 and 0 <= z0 < p - 1:
+                # all 8 corners inside (the usual case): no checks, real and imaginary parts
+                # accumulated separately
+                gx, gy, gz = 1.0 - fx, 1.0 - fy, 1.0 - fz
+                re = 0.0
+                im = 0.0
+                for dz in range(2):
+                    wz = fz if dz else gz
+                    for dy in range(2):
+                        w0 = wz * (fy if dy else gy)
+                        v0 = volume[z0 + dz, y0 + dy, x0]
+                        v1 = volume[z0 + dz, y0 + dy, x0 + 1]
+                        re += w0 * gx * v0.real + w0 * fx * v1.real
+                        im += w0 * gx * v0.imag + w0 * fx * v1.imag
+                out[b, m] = complex(re, im)
+                continue
             acc = 0j
             for dz in range(2):
                 zi = z0 + dz
@@ -384,59 +404,93 @@ def subtract_h_term(pr, h2, xv, out):  # pragma: no cover - jitted
 # ------------------------------------------------------------------------ small image groups
 @numba.njit(parallel=True, fastmath=True, cache=True)
 def small_group_scores(xt, rows, rot_ptr, zv, col_ptr, hrep, img_ptr, n_shift, lwr, lws,
-                        out_ptr, out):  # pragma: no cover - jitted
+                       out_ptr, tasks, out):  # pragma: no cover - jitted
     """Scores of many small groups: for group g, rotation a (slice row ``rows[a]`` of ``xt``),
     image m and shift s: ``<x, zv[m, s]> - <x^2, hrep[m]> + lwr[a] + lws[m, s]``.
 
     xt : (n_table, 2Mh) interleaved real slices; zv : (sum G nS, 2Mh); hrep : (sum G, 2Mh);
-    out : flat, group g at ``out_ptr[g]`` laid out (n_r, G, nS).  One thread per group.
+    out : flat, group g at ``out_ptr[g]`` laid out (n_r, G, nS).  One parallel task per row
+    ``(g, a0, a1)`` of ``tasks``: the group's rotations ``a0:a1`` (see :func:`group_tasks`);
+    four shifts share each pass over the slice.
     """
-    n_groups = rot_ptr.shape[0] - 1
     k = xt.shape[1]
-    for g in numba.prange(n_groups):
+    for t in numba.prange(tasks.shape[0]):
+        g = tasks[t, 0]
         r0 = rot_ptr[g]
         c0 = col_ptr[g]
         i0 = img_ptr[g]
-        nr = rot_ptr[g + 1] - r0
         nc = col_ptr[g + 1] - c0
         ni = img_ptr[g + 1] - i0
         ns = n_shift[g]
         o = out_ptr[g]
-        for a in range(nr):
-            row = rows[r0 + a]
+        for a in range(tasks[t, 1], tasks[t, 2]):
+            x = xt[rows[r0 + a]]
             for im in range(ni):
-                nrm = xt[row, 0] * 0
+                nrm = x[0] * 0
+                h = hrep[i0 + im]
                 for j in range(k):
-                    v = xt[row, j]
-                    nrm += v * v * hrep[i0 + im, j]
+                    nrm += x[j] * x[j] * h[j]
                 base = lwr[r0 + a] - nrm
-                for s in range(ns):
+                s = 0
+                while s < ns:
                     c = im * ns + s
-                    acc = xt[row, 0] * 0
+                    if s + 4 <= ns:
+                        z0, z1, z2, z3 = zv[c0 + c], zv[c0 + c + 1], zv[c0 + c + 2], zv[c0 + c + 3]
+                        a0 = a1 = a2 = a3 = x[0] * 0
+                        for j in range(k):
+                            xj = x[j]
+                            a0 += xj * z0[j]
+                            a1 += xj * z1[j]
+                            a2 += xj * z2[j]
+                            a3 += xj * z3[j]
+                        out[o + a * nc + c] = a0 + base + lws[c0 + c]
+                        out[o + a * nc + c + 1] = a1 + base + lws[c0 + c + 1]
+                        out[o + a * nc + c + 2] = a2 + base + lws[c0 + c + 2]
+                        out[o + a * nc + c + 3] = a3 + base + lws[c0 + c + 3]
+                        s += 4
+                        continue
+                    zr = zv[c0 + c]
+                    acc = x[0] * 0
                     for j in range(k):
-                        acc += xt[row, j] * zv[c0 + c, j]
+                        acc += x[j] * zr[j]
                     out[o + a * nc + c] = acc + base + lws[c0 + c]
+                    s += 1
+
+
+def group_tasks(rot_ptr, col_ptr, n_tasks):
+    """``(T, 3)`` int64 tasks ``(g, a0, a1)`` for :func:`small_group_scores` and
+    :func:`small_group_gradients`: each group's rotations cut into runs of similar work
+    (rotations x columns), about ``n_tasks`` in all, so that threads stay balanced."""
+    n_r = np.diff(rot_ptr)
+    work = n_r * np.maximum(np.diff(col_ptr), 1)
+    per = max(1, int(work.sum()) // max(1, n_tasks))
+    out = []
+    for g in range(len(n_r)):
+        step = max(1, per // max(1, int(work[g] // max(1, n_r[g]))))
+        for a0 in range(0, int(n_r[g]), step):
+            out.append((g, a0, min(int(n_r[g]), a0 + step)))
+    return np.asarray(out, dtype=np.int64).reshape(-1, 3)
 
 
 @numba.njit(parallel=True, fastmath=True, cache=True)
 def small_group_gradients(p, out_ptr, xt, rows, rot_ptr, zv, col_ptr, h2rep, img_ptr,
-                           n_shift, grad):  # pragma: no cover - jitted
+                          n_shift, tasks, grad):  # pragma: no cover - jitted
     """Gradient rows of many small groups (interleaved real, one row per group rotation):
     ``grad[a] = sum_{m,s} p[a,m,s] zv[m,s] - x_a * sum_m (sum_s p[a,m,s]) h2rep[m]``.
-    Posterior weights that are exactly 0 are skipped."""
-    n_groups = rot_ptr.shape[0] - 1
+    Posterior weights that are exactly 0 are skipped.  One parallel task per row of
+    ``tasks`` (:func:`group_tasks`)."""
     k = xt.shape[1]
-    for g in numba.prange(n_groups):
+    for t in numba.prange(tasks.shape[0]):
+        g = tasks[t, 0]
         r0 = rot_ptr[g]
         c0 = col_ptr[g]
         i0 = img_ptr[g]
-        nr = rot_ptr[g + 1] - r0
         nc = col_ptr[g + 1] - c0
         ni = img_ptr[g + 1] - i0
         ns = n_shift[g]
         o = out_ptr[g]
         tmp = np.empty(k, dtype=grad.dtype)  # thread-local accumulator (vectorises)
-        for a in range(nr):
+        for a in range(tasks[t, 1], tasks[t, 2]):
             row = rows[r0 + a]
             tmp[:] = 0
             for im in range(ni):

@@ -38,12 +38,13 @@ from numpy.typing import NDArray
 
 from .config import BUDGET_OPTIONS, AbInitioConfig, is_schedule_for
 from .dataset import Dataset
-from .diagnostics import estimate_mass
+from .diagnostics import box_for_resolution, estimate_mass, estimate_particle_radius
 from .fourier import lowpass
 from .importance import ImportanceSampler
 from .io.errors import input_error
 from .objective import MarginalObjective
 from .priors import ExponentialPrior
+from .profiling import profile_table
 from .run_folder import RunFolder, finite, summary_lines
 from .sagd import SAGDSolver, random_spheres
 
@@ -91,8 +92,11 @@ class AbInitioRun:
     def _prepare(self) -> None:
         cfg = self.config
         ds = self.dataset.normalized()
-        if cfg.box_size is not None and cfg.box_size < ds.box_size:
-            ds = ds.fourier_cropped(cfg.box_size)
+        box = cfg.box_size
+        if box is None and cfg.max_res_A is not None:  # the working box from the target
+            box = box_for_resolution(ds.box_size, ds.pixel_size_A, cfg.max_res_A)
+        if box is not None and box < ds.box_size:
+            ds = ds.fourier_cropped(box)
         self.work = ds
         self.noise_sigma = ds.estimate_noise_sigma()
         # the band-limit schedule is made once here (Nyquist of the working box applied)
@@ -108,7 +112,13 @@ class AbInitioRun:
                               "Dataset.inverted())")
         self.rng = np.random.default_rng(cfg.seed)
         self.objective_rng = np.random.default_rng([cfg.seed, 1])
-        self.qopts = cfg.quadrature_options(ds.box_size, ds.pixel_size_A)
+        self.particle_radius_A = cfg.particle_radius_A or estimate_particle_radius(ds)
+        if cfg.particle_radius_A is None:
+            self.messages.append(f"particle radius {self.particle_radius_A:.0f} Å estimated "
+                                 "from the images (sets the angular sampling; "
+                                 "--particle-radius to choose)")
+        self.qopts = cfg.quadrature_options(ds.box_size, ds.pixel_size_A,
+                                            self.particle_radius_A)
         self.prior = None
         if cfg.prior_rate is not None:
             self.prior = ExponentialPrior(cfg.prior_rate)
@@ -150,8 +160,17 @@ class AbInitioRun:
         return objective.last_result
 
     def _common_solver(self) -> SAGDSolver:
+        cfg = self.config
+        # paced on the common phase's share of the budget: the first stage may take half of
+        # it, the split band limit is reached at 90 % (the forced split is the backstop)
+        policy = replace(self.params.stage_policy, first_share=0.5, reach=0.9,
+                         budget_s=None if cfg.time_limit_min is None
+                         else cfg.common_fraction * 60.0 * cfg.time_limit_min,
+                         budget_iterations=None if cfg.max_iterations is None
+                         else max(1, int(cfg.common_fraction * cfg.max_iterations)))
         params = replace(self.params, target_max_freq_invA=self.split_freq,
-                         max_iterations=None, time_limit_s=None, patience=10**9)
+                         max_iterations=None, time_limit_s=None, patience=10**9,
+                         stage_policy=policy)
         # random spheres, low-passed to the first band limit: the sharp sphere edges would
         # otherwise survive (the gradients never reach those frequencies) in both half-maps
         start = random_spheres(self.work.box_size, self.rng, mass=self.mass)
@@ -177,6 +196,7 @@ class AbInitioRun:
             halves[self.rng.permutation(len(ids))[len(ids) // 2:]] = 1
         self.half_labels = halves
         self.halves = []
+        policy = self._halves_policy(iteration)
         for h in (0, 1):
             sel = ids[halves == h]
             sub = self.work.subset(sel)
@@ -185,7 +205,9 @@ class AbInitioRun:
             params = replace(self.params, start_max_freq_invA=w_split,
                              first_stage_iterations=None, max_iterations=None,
                              time_limit_s=None, iteration_offset=iteration,
-                             clock_first_stage_iterations=self.params.first_stage_iterations)
+                             clock_first_stage_iterations=self.params.first_stage_iterations,
+                             clock_start_max_freq_invA=self.params.start_max_freq_invA,
+                             stage_policy=policy)
             solver = SAGDSolver(self._objective(sub, np.random.default_rng([self.config.seed,
                                                                              10 + h])),
                                 n_images=len(sub), box_size=self.work.box_size, params=params,
@@ -196,6 +218,19 @@ class AbInitioRun:
             self.halves.append(_Half(f"half{h + 1}", sub, sel, solver))
         self._split_iteration = iteration
         self._release_common()
+
+    def _halves_policy(self, split_iteration: int) -> Any:
+        """Each half's stage policy: paced on its own share of what the budget has left at
+        the split (the halves step in turn, so each gets half of the time left), reaching
+        the target band limit at 80 % of it."""
+        cfg, policy = self.config, self.params.stage_policy
+        budget_s = None
+        if cfg.time_limit_min is not None:
+            budget_s = max(0.0, 60.0 * cfg.time_limit_min - self.common.state.elapsed_s) / 2
+        budget_its = (None if cfg.max_iterations is None
+                      else max(1, cfg.max_iterations - split_iteration))
+        return replace(policy, first_iterations=policy.iterations, first_share=0.0, reach=0.8,
+                       budget_s=budget_s, budget_iterations=budget_its)
 
     def _release_common(self) -> None:
         """Free what the common solver no longer needs once the halves have their copies.
@@ -292,7 +327,7 @@ class AbInitioRun:
         it = self.common.iteration
         w = self.split_freq
         if forced:
-            w = min(w, self.common.band_limits.at(max(it - 1, 0))[1])
+            w = min(w, self.common.last_band_limit_invA)
         self._split(self.common.volume, it, w)
         self.phase = "halves"
 
@@ -328,7 +363,7 @@ class AbInitioRun:
                 continue
             if self.phase == "common":
                 self.common.step()
-                _, w = self.common.band_limits.at(self.common.iteration)
+                w = self.common.next_band_limit_invA
                 if w >= self.split_freq - 1e-12 or self.common.done:
                     self._split_now(forced=False)
                 elif self._common_budget_used():
@@ -373,7 +408,10 @@ class AbInitioRun:
             self.folder.refuse_resume(differ, saved, current)
         first = int(state.get("first_stage_iterations", 0)) or None
         if first is not None and first != self.params.first_stage_iterations:
-            self.params = replace(self.params, first_stage_iterations=first)
+            policy = replace(self.params.stage_policy, first_iterations=first,
+                             min_iterations=min(first, self.params.stage_policy.min_iterations))
+            self.params = replace(self.params, first_stage_iterations=first,
+                                  stage_policy=policy)
         if changed:
             self.messages.append(
                 "resuming with a new budget (" + ", ".join(f"{k} {saved.get(k)} -> {current[k]}"
@@ -438,18 +476,19 @@ class AbInitioRun:
         labels = ["half-maps" if reason is None else "half-maps (not independent)"]
         summary: dict[str, Any] = {
             "status": "done", "n_particles": len(ds), "box_size": ds.box_size,
-            "pixel_size_A": psize,
+            "pixel_size_A": psize, "particle_radius_A": self.particle_radius_A,
             "half_map_resolution_A_0143": None if reason else finite(resolution.value_A),
             "half_map_resolution": None if reason else resolution.to_dict(),
             "half_map_null_reason": reason,
             "final_max_freq_invA": fitted,
             "fitted_band_limit_A": None if fitted is None else 1.0 / fitted,
             "split_max_freq_invA": self.split_max_freq_invA,
-            "last_max_freq_invA": min(_last_band_limit(h.solver) for h in self.halves),
+            "last_max_freq_invA": min(h.solver.last_band_limit_invA for h in self.halves),
             "stop_reasons": [h.solver.stop_reason for h in self.halves],
             "iterations": {"common": self.common.iteration,
                            **{h.name: h.solver.iteration for h in self.halves}},
             "wall_time_s": self._elapsed_s(),
+            "final_poses_s": self.final_poses_s,
             "messages": list(self.messages),
         }
         if ds.truth is not None and ds.truth.volume is not None:
@@ -465,6 +504,9 @@ class AbInitioRun:
                             "truth_correlation": score.correlation,
                             "hand_flipped": score.flipped,
                             "truth_resolution_from_halves": other.resolution.to_dict()})
+        summary["profile"] = profile_table(
+            [("common", self.common.state.records)]
+            + [(h.name, h.solver.state.records) for h in self.halves])
         out.write_fsc(curves, labels)
         out.write_history([("common", self.common)] + [(h.name, h.solver) for h in self.halves])
         out.write_star(self.dataset, rotations, shifts, self.half_labels)
@@ -490,37 +532,25 @@ class AbInitioRun:
     def _map_poses(self, max_freq_invA: float) -> tuple[NDArray, NDArray, list[NDArray]]:
         """MAP rotation and origin (Å) of every particle under its half's final map, and each
         half's particles reconstructed at those poses (direct Fourier inversion, band limit
-        ``max_freq_invA``): ``(rotations (n, 3, 3), shifts (n, 2), [half1, half2])``."""
-        from .backprojection import BackprojectionAccumulator
+        ``max_freq_invA``): ``(rotations (n, 3, 3), shifts (n, 2), [half1, half2])``.
+
+        A local search around each particle's last posterior (:mod:`cryonb.final_poses`);
+        its wall time is :attr:`final_poses_s`."""
+        from .final_poses import final_poses
         from .image_model import ImageModel
 
+        t0 = time.perf_counter()
         n = len(self.work)
-        rotations = np.zeros((n, 3, 3))
-        shifts = np.zeros((n, 2))
-        maps = []
+        rotations, shifts = np.zeros((n, 3, 3)), np.zeros((n, 2))
         # the band limit comes from the schedule, which is clamped at the box's Nyquist
         model = ImageModel(self.work.box_size, self.work.pixel_size_A,
                            max_freq_invA=max_freq_invA)
         for h in self.halves:
-            obj = h.solver.objective
-            acc = BackprojectionAccumulator(model)
-            if obj.likelihood is None:  # the budget ran out before this half took a step
-                obj.set_band_limit(h.solver.band_limits.start_invA)
-            for start in range(0, len(h.ids), 200):
-                local = np.arange(start, min(len(h.ids), start + 200))
-                if start + 200 < len(h.ids):  # read the next batch while this one is scored
-                    obj.prefetch(np.arange(start + 200, min(len(h.ids), start + 400)))
-                obj.evaluate(h.solver.volume, local, gradient=False, record=False,
-                             iteration=h.solver.clock)
-                res = obj.last_result
-                rotations[h.ids[local]] = res.map_rotations
-                shifts[h.ids[local]] = res.map_shifts_A
-                acc.add(h.dataset.images(local), res.map_rotations, res.map_shifts_A,
-                        None if h.dataset.ctf is None else h.dataset.ctf.subset(local))
-            maps.append(acc.direct_inversion().astype(np.float32))
-        return rotations, shifts, maps
-
-def _last_band_limit(solver: SAGDSolver) -> float:
-    """The band limit (1/Å) of ``solver``'s last iteration (its start before any)."""
-    records = solver.state.records
-    return float(records[-1]["max_freq_invA"] if records else solver.band_limits.start_invA)
+            if h.solver.objective.likelihood is None:  # the budget ran out before a step
+                h.solver.objective.set_band_limit(h.solver.band_limits.start_invA)
+        found = final_poses([(h.solver.objective, h.solver.volume, h.dataset)
+                             for h in self.halves], model, progress=self.progress)
+        for h, f in zip(self.halves, found, strict=True):
+            rotations[h.ids], shifts[h.ids] = f.rotations, f.shifts_A
+        self.final_poses_s = time.perf_counter() - t0
+        return rotations, shifts, [f.volume for f in found]

@@ -100,12 +100,17 @@ class BandLimitSchedule:
         return math.ceil((self.target_invA - self.start_invA) / self.step_invA - 1e-9)
 
     def at(self, iteration: int) -> tuple[int, float]:
-        """``(stage, w)``: the stage and band limit (1/Å) at ``iteration`` (0-based)."""
+        """``(stage, w)``: the stage and band limit (1/Å) at ``iteration`` (0-based) of the
+        fixed schedule (a solver with a :class:`cryonb.marching.StagePolicy` decides its
+        stages itself and asks :meth:`of_stage` for their band limits)."""
         first = self.first_stage_iterations or self.iterations_per_stage
         stage = 0 if iteration < first else 1 + (iteration - first) // self.iterations_per_stage
         stage = min(stage, self.n_stages)
-        w = min(self.target_invA, self.start_invA + stage * self.step_invA)
-        return int(stage), float(w)
+        return int(stage), self.of_stage(stage)
+
+    def of_stage(self, stage: int) -> float:
+        """The band limit (1/Å) of ``stage`` (0: ``start_invA``; at most ``target_invA``)."""
+        return float(min(self.target_invA, self.start_invA + stage * self.step_invA))
 
     def reached_target(self, max_freq_invA: float) -> bool:
         """True when ``max_freq_invA`` is the target band limit."""

@@ -31,24 +31,32 @@ class AbInitioConfig:
     Attributes
     ----------
     box_size : int or None
-        Fourier-crop the images to this box first, px (None: keep).
+        Fourier-crop the images to this box first, px (None: the smallest box whose Nyquist
+        reaches ``max_res_A`` when that is given, else keep).
     max_res_A : float or None
         Target resolution, Å (None: Nyquist of the working box).
     start_res_A : float
         First band limit, Å (paper: 40 Å).
-    first_stage_epochs : float
-        The first band-limit stage lasts this many passes over the training images (at least
-        ``iterations_per_stage`` iterations, at most ``common_fraction`` of ``max_iterations``
-        when that budget is given): the shape is decided there (measured on 10,000 GroEL
-        images at 7.5 Å/px, correlation with the truth of the 40 Å map: 0.55 after 0.5 epoch,
-        0.63 / 0.68 / 0.76 after 1.5 / 2 / 3 epochs; a correct 40 Å map scores 0.79).
+    first_stage_images : int
+        The first band-limit stage lasts until this many training images have been seen (at
+        most ``common_fraction`` of ``max_iterations`` when that budget is given; with a time
+        budget it may end when it has taken half of the common phase's share): the shape is
+        decided there, by the number of images seen, whatever the size of the data set.
+        Measured on 10,000 GroEL images at 7.5 Å/px, correlation with the truth of the 40 Å
+        map: 0.55 after 5,000 images, 0.63 / 0.68 / 0.76 after 15,000 / 20,000 / 30,000; a
+        correct 40 Å map scores 0.79.
     split_res_A : float
         Band limit where the two half-sets separate, Å.
     freq_step_invA : float
         Increase of the band limit per stage (frequency marching), 1/Å.
     iterations_per_stage : int
-        Iterations per band-limit stage (paper: 150); also the learning rate's halving time
-        and the time scale of the importance-sampling schedule.
+        Longest band-limit stage after the first, iterations (paper: 150); a stage ends
+        earlier, after ``min_fitted_iterations``, on a held-out plateau or when the march is
+        behind its budget's pace (:mod:`cryonb.marching`).  Also the learning rate's halving
+        time and the time scale of the importance-sampling schedule.
+    stage_plateau_rel : float or None
+        A stage has reached its plateau when the held-out NLL's last two evaluations in it
+        (every 5 iterations) improve by less than this fraction (None: no plateau rule).
     batch_size : int
         Images per minibatch (at most a quarter of the data set).
     n_heldout : int
@@ -60,7 +68,8 @@ class AbInitioConfig:
     seed : int
         Seed of every random generator of the run.
     particle_radius_A : float or None
-        Particle radius, Å: sets the angular sampling (None: 0.4 of the box).
+        Particle radius, Å: sets the angular sampling (None: estimated from the images'
+        variance, :func:`cryonb.diagnostics.estimate_particle_radius`).
     shift_sigma_A : float
         Standard deviation of the Gaussian prior on the origins, Å.
     shift_extent_A : float
@@ -78,7 +87,8 @@ class AbInitioConfig:
     min_fitted_iterations : int
         A band limit counts as fitted (for the FSC cap and for independent halves) only after
         this many iterations at it; 10 iterations of 100 images let the new shell's
-        coefficients move from zero to a third or more of their final size.
+        coefficients move from zero to a third or more of their final size.  Also the
+        shortest band-limit stage.
     backend : str
         Where the likelihoods and gradients are computed: "numpy" (CPU, numba) or "cupy"
         (a CUDA GPU; needs CuPy).
@@ -87,10 +97,11 @@ class AbInitioConfig:
     box_size: int | None = None
     max_res_A: float | None = None
     start_res_A: float = 40.0
-    first_stage_epochs: float = 3.0
+    first_stage_images: int = 20000
     split_res_A: float = 30.0
     freq_step_invA: float = 0.005
     iterations_per_stage: int = 30
+    stage_plateau_rel: float | None = 0.002
     batch_size: int = 100
     n_heldout: int = 50
     max_iterations: int | None = None
@@ -160,25 +171,35 @@ class AbInitioConfig:
         return schedule.clamp(1.0 / self.split_res_A)
 
     def sagd_params(self, n_images: int, schedule: BandLimitSchedule) -> SAGDParams:
-        """The solver's parameters for ``n_images`` images and the band limits ``schedule``,
-        with the first stage of ``first_stage_epochs``."""
+        """The solver's parameters for ``n_images`` images and the band limits ``schedule``:
+        a first stage of ``first_stage_images`` images and a :class:`StagePolicy` without a
+        budget (:meth:`stage_policy` sets the budgets of each phase)."""
+        from .marching import StagePolicy
         from .sagd import SAGDParams
 
         params = SAGDParams(
             batch_size=min(self.batch_size, max(1, n_images // 4)), n_heldout=self.n_heldout,
             **{**schedule.params_fields(), "first_stage_iterations": None},
             eps_halving=self.iterations_per_stage, max_iterations=self.max_iterations,
+            heldout_every=5, linesearch_images=min(32, self.batch_size),
             time_limit_s=None if self.time_limit_min is None else 60.0 * self.time_limit_min)
-        first = math.ceil(self.first_stage_epochs * params.split_sizes(n_images)[1])
+        first = math.ceil(self.first_stage_images / params.batch_size)
         if self.max_iterations is not None:  # leave room for the march in an iteration budget
             first = min(first, int(self.max_iterations * self.common_fraction))
-        return replace(params, first_stage_iterations=max(self.iterations_per_stage, first))
+        first = max(1, first)
+        shortest = max(1, min(self.min_fitted_iterations, self.iterations_per_stage, first))
+        policy = StagePolicy(min_iterations=shortest, iterations=self.iterations_per_stage,
+                             first_iterations=first, plateau_rel_tol=self.stage_plateau_rel)
+        return replace(params, first_stage_iterations=first, stage_policy=policy)
 
-    def quadrature_options(self, box_size: int, pixel_size_A: float) -> QuadratureOptions:
-        """How the objective sizes its pose grids (radius default: 0.4 of the box)."""
+    def quadrature_options(self, box_size: int, pixel_size_A: float,
+                           estimated_radius_A: float | None = None) -> QuadratureOptions:
+        """How the objective sizes its pose grids: the radius is ``particle_radius_A``, else
+        ``estimated_radius_A`` (from the images), else 0.4 of the box."""
         from .objective import QuadratureOptions
 
-        radius = self.particle_radius_A or 0.4 * box_size * pixel_size_A
+        radius = (self.particle_radius_A or estimated_radius_A
+                  or 0.4 * box_size * pixel_size_A)
         return QuadratureOptions(particle_radius_A=radius, shift_sigma_A=self.shift_sigma_A,
                                  shift_extent_A=self.shift_extent_A)
 

@@ -10,6 +10,8 @@
   show dark particles beyond reasonable doubt (a one-sided sign test, see there).
 * :func:`box_for_resolution`: the smallest Fourier-cropped box whose Nyquist frequency still
   reaches a target resolution (``Dataset.fourier_cropped``).
+* :func:`estimate_particle_radius`: the particle's radius from the images' excess variance
+  (what sets the angular sampling of the pose grids).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ __all__ = [
     "contrast_scores",
     "dark_p_value",
     "estimate_mass",
+    "estimate_particle_radius",
 ]
 
 
@@ -165,3 +168,57 @@ def estimate_mass(dataset: Any, n_images: int = 500) -> float:
                   + np.arctan(ctf.amplitude_contrast / np.sqrt(1 - ctf.amplitude_contrast**2)))
     ctf0 = ctf0 * ctf.scale
     return float(np.median(sums / np.where(np.abs(ctf0) > 1e-3, ctf0, np.nan)))
+
+
+def estimate_particle_radius(dataset: Any, n_images: int = 2000, fraction: float = 0.95
+                             ) -> float:
+    """The particle's radius (Å): the radius of the centred disc holding ``fraction`` of the
+    images' variance above the noise.
+
+    The mean over images of ``I(x)^2`` (each image phase-flipped with its CTF, which undoes
+    the CTF's delocalisation and leaves white noise white) is the noise variance everywhere
+    plus the signal's variance where the particles lie; its excess over the noise
+    level (the median in the outer ring ``r > 0.45 box``), summed over rings out to that
+    ring, reaches ``fraction`` at the returned radius.  On two sets of 10,000 GroEL-GroES
+    (1AON) images of 64 px at 5.6 Å made by ``relion_project`` (real 200 kV CTFs, SNR 0.04
+    and 0.05) this gives 109 Å, where the truth holds 99 % of its mass (95 % within 95 Å);
+    the old default of 0.4 of the box, 143 Å, made the pose grids (points ~ radius^3) 2.3
+    times larger.  On balls it overestimates by ~2.5 px (the blur of |CTF| and B-factor).
+    The result is clamped to ``[0.15, 0.5]`` of the box.
+
+    Parameters
+    ----------
+    dataset : Dataset
+        Particles, ideally normalised (``Dataset.normalized()``); up to ``n_images`` spread
+        over the set are read.
+    n_images : int
+    fraction : float
+        Share of the excess variance inside the radius.
+    """
+    idx = np.linspace(0, len(dataset) - 1, min(n_images, len(dataset))).astype(np.int64)
+    n = dataset.box_size
+    power = np.zeros((n, n))
+    kx, ky = frequency_grid_2d(n, dataset.pixel_size_A)
+    for start in range(0, idx.size, 500):
+        part = idx[start:start + 500]
+        block = dataset.images(part).astype(np.float64)
+        if dataset.ctf is not None:  # phase-flipped: the CTF's delocalisation undone
+            flip = np.sign(evaluate_ctf(dataset.ctf.subset(part), kx, ky))
+            block = ifft2_centered(fft2_centered(block) * flip).real
+        power += (block**2).sum(axis=0)
+    power /= idx.size
+    k = np.arange(n) - n // 2
+    r = np.hypot(*np.meshgrid(k, k, indexing="ij"))
+    ring = r.astype(np.int64).ravel()
+    outer = int(0.45 * n)
+    counts = np.bincount(ring)[: outer + 1]
+    level = np.median(power[r > outer])
+    # ring means first, then the excess (clipping pixel by pixel would add up the noise)
+    per_ring = np.clip(np.bincount(ring, power.ravel())[: outer + 1] / counts - level, 0.0,
+                       None) * counts
+    total = per_ring.sum()
+    psize = dataset.pixel_size_A
+    if not total > 0:
+        return 0.4 * n * psize
+    radius_px = float(np.searchsorted(np.cumsum(per_ring) / total, fraction)) + 0.5
+    return float(np.clip(radius_px, 0.15 * n, 0.5 * n) * psize)

@@ -7,7 +7,7 @@ Its own module so that the solver (:mod:`cryonb.sagd`) and the objectives
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from numpy.typing import NDArray
@@ -29,12 +29,17 @@ class Evaluation:
         Fraction of the quadrature points evaluated (importance sampling).
     token : object
         Opaque; pass back as ``reuse=`` to evaluate again on the same pose samples.
+    timings : dict of str to float
+        Wall seconds per phase of the evaluation, keyed by :data:`cryonb.profiling.PHASES`
+        (``io``, ``is``, ``fft3d``, ``slicing``, ...); empty when the objective does not
+        measure them.
     """
 
     nll: NDArray
     grad: NDArray | None
     fraction_evaluated: float = 1.0
     token: Any = None
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 class Objective(Protocol):

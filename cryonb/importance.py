@@ -189,6 +189,16 @@ def draw_domain(q: ArrayLike, ess_scale: float, rng: np.random.Generator,
     return DomainSample(idx, logw, n, ess, False)
 
 
+def _smallest_covering(p: NDArray, mass: float) -> list[NDArray]:
+    """Per row of ``p`` (B, n; rows sum to 1), the sorted indices of the fewest entries whose
+    sum is at least ``mass`` (largest first; at most all of them)."""
+    order = np.argsort(-p, axis=1, kind="stable")
+    cum = np.cumsum(np.take_along_axis(p, order, axis=1), axis=1)
+    # entries before the one that reaches mass, plus that one (1e-12: rounding of the sums)
+    count = np.minimum((cum < mass - 1e-12).sum(axis=1) + 1, p.shape[1])
+    return [np.sort(order[b, :c]) for b, c in enumerate(count)]
+
+
 def log_estimate(log_terms: ArrayLike, subset: PoseSubset) -> float:
     """The IS estimate (Eq. 13) of ``log sum_{d,i,s} exp(log_terms[d, i, s])`` from a subset.
 
@@ -413,6 +423,33 @@ class ImportanceSampler:
             "n_points": int(n_points.sum()), "alpha": self.schedule.alpha(iteration),
             **{f"ess_{d}": float(np.mean(ess[d])) for d in _DOMAINS}})
         return subsets
+
+    def local_subsets(self, particle_ids: ArrayLike, quadrature: Quadrature,
+                      mass: float = 0.999, *, flip: bool = False) -> list[PoseSubset]:
+        """A restricted exact search around each particle's last posterior (final poses).
+
+        Per domain, the smallest set of points of ``quadrature`` that holds ``mass`` of the
+        stored marginal diffused onto it (the proposal of Eq. 14 with ``alpha = 0``; its
+        uniform remainder included, so a broad or uninformative record gives a large set);
+        every log importance weight is 0, so the engine's sum over the subset is the exact sum
+        restricted to it, and its MAP pose the exact MAP pose wherever the subset holds it.
+        Particles never visited get every point.  ``flip``: also keep mirror poses (the
+        chirality kernel of :meth:`ISSchedule.chirality_flip`).
+        """
+        ids = np.asarray(particle_ids, dtype=np.int64).ravel()
+        qid = self._quad_id[ids]
+        picks: dict[str, list[NDArray]] = {}
+        for d, size in zip(_DOMAINS, (quadrature.n_directions, quadrature.n_inplane,
+                                      quadrature.n_shifts), strict=True):
+            picks[d] = [np.arange(size)] * len(ids)
+            for k in np.unique(qid[qid >= 0]):
+                rows = np.flatnonzero(qid == k)
+                smooth = self._smoothed(ids[rows], d, self._quadratures[k], quadrature, flip)
+                for r, chosen in zip(rows, _smallest_covering(smooth, mass), strict=True):
+                    picks[d][r] = chosen
+        return [PoseSubset(*(picks[d][b] for d in _DOMAINS),
+                           *(np.zeros(picks[d][b].size) for d in _DOMAINS))
+                for b in range(len(ids))]
 
     # ------------------------------------------------------------------ recording
     def update(self, particle_ids: ArrayLike, subsets: list[PoseSubset] | None,

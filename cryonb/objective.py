@@ -15,6 +15,7 @@ density.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,21 +84,42 @@ class SampledObjective:
         if lik is None:
             raise RuntimeError("call set_band_limit() first")
         idx = np.asarray(indices, dtype=np.int64)
+        clock = time.perf_counter
+        t0 = clock()
+        times = {"io": 0.0, "is": 0.0}
         if reuse is not None:
             prepared, subsets = reuse
         else:
             prepared = self._prepare(idx)
+            t1 = clock()
+            times["io"] = t1 - t0
             subsets = None
             if self.sampler is not None:
                 subsets = self.sampler.sample(idx, lik.quadrature, iteration, self.rng)
+            times["is"] = clock() - t1
+        t2 = clock()
         result = self._compute(volume, prepared, subsets, gradient)
+        t3 = clock()
         if record and self.sampler is not None and reuse is None:
             self.sampler.update(idx, subsets, result, iteration)
+            times["is"] += clock() - t3
+        times.update(_engine_times(result, t3 - t2))
         self.last_result = result
         fraction = float(np.mean(result.n_evaluated)) / lik.quadrature.size
         grad = None if result.gradient is None else -np.asarray(result.gradient, np.float64)
         return Evaluation(nll=-np.asarray(result.log_likelihood, dtype=np.float64), grad=grad,
-                          fraction_evaluated=fraction, token=(prepared, subsets))
+                          fraction_evaluated=fraction, token=(prepared, subsets), timings=times)
+
+
+    def restrict_token(self, token: Any, rows: NDArray) -> Any:
+        """The reuse ``token`` of an evaluation narrowed to its images ``rows`` (None when the
+        prepared images cannot be subset, e.g. on another device or on Dask workers)."""
+        prepared, subsets = token
+        subset = getattr(prepared, "subset", None)
+        if subset is None or getattr(self, "backend", None) != "numpy":
+            return None
+        rows = np.asarray(rows, dtype=np.int64)
+        return subset(rows), None if subsets is None else [subsets[i] for i in rows]
 
 
 class MarginalObjective(SampledObjective):
@@ -182,8 +204,14 @@ class MarginalObjective(SampledObjective):
 
     def _compute(self, volume: NDArray, prepared: Any, subsets: Any, gradient: bool) -> Any:
         lik = self.likelihood
+        t0 = time.perf_counter()
         volume_ft = lik.volume_to_fourier(np.asarray(volume, dtype=self.dtype))
-        return lik.evaluate(volume_ft, prepared, subsets=subsets, gradient=gradient)
+        t_fft = time.perf_counter() - t0
+        result = lik.evaluate(volume_ft, prepared, subsets=subsets, gradient=gradient)
+        timings = getattr(result, "timings", None)
+        if isinstance(timings, dict):
+            timings["fft3d_s"] = t_fft
+        return result
 
     def prefetch(self, indices: NDArray) -> None:
         """Start reading the images of a coming :meth:`evaluate` in the background."""
@@ -267,6 +295,20 @@ class KnownPoseObjective:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Nothing to restore."""
+
+
+def _engine_times(result: Any, total_s: float) -> dict[str, float]:
+    """The engine call's ``total_s`` split into the profile's phases by the result's own
+    ``timings`` (:data:`cryonb.profiling.ENGINE_PHASES`; what they do not cover is ``engine``)."""
+    from .profiling import ENGINE_PHASES
+
+    own = getattr(result, "timings", None) or {}
+    times = {"fft3d": float(own.get("fft3d_s", 0.0))}
+    for key, phase in ENGINE_PHASES.items():
+        if phase != "engine":
+            times[phase] = times.get(phase, 0.0) + float(own.get(key, 0.0))
+    times["engine"] = max(0.0, total_s - sum(times.values()))
+    return times
 
 
 def _read_images(objective: MarginalObjective | KnownPoseObjective, indices: NDArray) -> NDArray:

@@ -36,7 +36,10 @@ from numpy.typing import NDArray
 from .band_limit import BandLimitSchedule
 from .evaluation import Evaluation, Objective
 from .gradient_memory import GradientMemory
+from .marching import StagePolicy
 from .priors import NoPrior, Prior
+from .profiling import PHASES, field_name
+from .sagd_params import SAGDParams, band_limit_at, learning_rate_at, schedule_iteration
 
 __all__ = [
     "BandLimitSchedule",
@@ -45,127 +48,12 @@ __all__ = [
     "Objective",
     "SAGDParams",
     "SAGDSolver",
+    "StagePolicy",
     "band_limit_at",
     "learning_rate_at",
     "random_spheres",
     "schedule_iteration",
 ]
-
-
-# --------------------------------------------------------------------------- parameters
-@dataclass(frozen=True)
-class SAGDParams:
-    """Parameters of :class:`SAGDSolver` (defaults: the paper's, where it gives them).
-
-    Attributes
-    ----------
-    batch_size : int
-        Images per minibatch (paper: 200).
-    n_heldout : int
-        Held-out images whose mean NLL is tracked (paper: 100; reference code: 200).
-    start_max_freq_invA, target_max_freq_invA : float
-        Band limit schedule endpoints, 1/Å (paper: 1/40 to 1/10).
-    freq_step_invA : float
-        Increase of the band limit per stage, 1/Å (reference: 0.005).
-    iterations_per_stage : int
-        Iterations between increases (reference: 150; the first stage lasts
-        ``first_stage_iterations`` if given).
-    first_stage_iterations : int or None
-        Length of the first stage (the reference code spends 400 iterations, about two epochs,
-        at 50 and 40 Å); see :func:`learning_rate_at` for its effect on the learning rate.
-    eps_min, eps_halving : float, int
-        Learning-rate schedule ``max(eps_min, 2^(1 - floor(it / eps_halving)))``.
-    L0 : float
-        Initial Lipschitz estimate.
-    linesearch_every : int
-        Run the line search every this many iterations (and at every band-limit change).
-    linesearch_max_steps : int
-    heldout_every : int
-        Evaluate the held-out set every this many iterations (and at band-limit changes).
-    patience : int
-        At the target band limit, stop after this many held-out evaluations without an
-        improvement of more than ``heldout_rel_tol`` (relative).
-    heldout_rel_tol : float
-    max_iterations, max_epochs, time_limit_s : optional budgets
-    positivity : bool
-        Truncate negative densities after each step (paper: yes).
-    iteration_offset : int
-        Iterations of the job before this solver, for a solver that continues another's work
-        (a half-set after the common start): the job's clock is ``iteration +
-        iteration_offset``.  The objective (importance-sampling schedules) gets the clock, the
-        learning rate :func:`schedule_iteration` of it; the band-limit schedule is not offset.
-    clock_first_stage_iterations : int or None
-        The job's first-stage length for :func:`schedule_iteration` (None:
-        ``first_stage_iterations``): a half-set continues the common run's clock, whose long
-        first stage it does not repeat in its own band-limit schedule.
-    """
-
-    batch_size: int = 200
-    n_heldout: int = 100
-    start_max_freq_invA: float = 1.0 / 40.0
-    target_max_freq_invA: float = 1.0 / 10.0
-    freq_step_invA: float = 0.005
-    iterations_per_stage: int = 150
-    first_stage_iterations: int | None = None
-    eps_min: float = 1.0 / 16.0
-    eps_halving: int = 150
-    L0: float = 1.0
-    linesearch_every: int = 5
-    linesearch_max_steps: int = 20
-    heldout_every: int = 10
-    patience: int = 5
-    heldout_rel_tol: float = 1e-4
-    max_iterations: int | None = None
-    max_epochs: float | None = None
-    time_limit_s: float | None = None
-    positivity: bool = True
-    iteration_offset: int = 0
-    clock_first_stage_iterations: int | None = None
-
-    def split_sizes(self, n_images: int) -> tuple[int, int]:
-        """``(held-out images, training batches)`` for a data set of ``n_images``."""
-        n_held = min(self.n_heldout, max(0, n_images - self.batch_size))
-        return n_held, max(1, (n_images - n_held) // self.batch_size)
-
-    def __post_init__(self) -> None:
-        if self.batch_size < 1 or self.n_heldout < 0:
-            raise ValueError("batch_size must be >= 1 and n_heldout >= 0")
-        if not 0 < self.start_max_freq_invA <= self.target_max_freq_invA:
-            raise ValueError("need 0 < start_max_freq_invA <= target_max_freq_invA")
-        if self.iterations_per_stage < 1 or self.freq_step_invA <= 0:
-            raise ValueError("iterations_per_stage and freq_step_invA must be positive")
-
-
-def band_limit_at(iteration: int, params: SAGDParams) -> tuple[int, float]:
-    """``(stage, w)``: the band-limit stage and band limit (1/Å) at ``iteration`` (0-based);
-    :meth:`BandLimitSchedule.at` of the parameters' schedule."""
-    return BandLimitSchedule.from_params(params).at(iteration)
-
-
-def schedule_iteration(iteration: int, params: SAGDParams) -> int:
-    """The job's clock ``iteration + iteration_offset`` with a long first stage counted as
-    ``iterations_per_stage``.
-
-    The learning rate follows it, so lengthening the first stage (all of it at the first rate
-    when ``eps_halving`` equals ``iterations_per_stage``) does not shrink the later steps.  A
-    solver that continues another's work takes the other's iteration count as its
-    ``iteration_offset`` and its first-stage length as ``clock_first_stage_iterations``, so
-    the schedule goes on without a jump.
-    """
-    t = iteration + params.iteration_offset
-    first = (params.clock_first_stage_iterations if params.clock_first_stage_iterations
-             is not None else params.first_stage_iterations)
-    per_stage = params.iterations_per_stage
-    if first is not None and first > per_stage:
-        t = t * per_stage // first if t < first else t - (first - per_stage)
-    return t
-
-
-def learning_rate_at(iteration: int, params: SAGDParams) -> float:
-    """``eps = max(eps_min, 2^(1 - floor(t / eps_halving)))``, ``t`` the
-    :func:`schedule_iteration`."""
-    t = schedule_iteration(iteration, params)
-    return max(params.eps_min, 2.0 ** (1 - t // params.eps_halving))
 
 
 # --------------------------------------------------------------------------- initial map
@@ -193,7 +81,8 @@ def random_spheres(box_size: int, rng: np.random.Generator, *, n_spheres: int = 
 
 # --------------------------------------------------------------------------- the solver
 _RECORD_FIELDS = ("iteration", "clock", "stage", "max_freq_invA", "objective", "heldout_nll",
-                  "L", "eps", "step_size", "fraction_evaluated", "wall_time_s", "batch")
+                  "L", "eps", "step_size", "fraction_evaluated", "wall_time_s", "batch",
+                  "t_iteration_s", *(field_name(p) for p in PHASES))
 
 
 @dataclass
@@ -266,6 +155,7 @@ class SAGDSolver:
         self.memory = GradientMemory(self.box_size)
         self._state: _State | None = None
         self._stop_requested = False
+        self._sampling_t: int | None = None  # set by step() (see sampling_clock)
 
     # ------------------------------------------------------------------ set-up and access
     def initialize(self) -> None:
@@ -353,7 +243,9 @@ class SAGDSolver:
         import xarray as xr
 
         records = self.state.records
-        data = {name: ("iteration", np.array([r[name] for r in records], dtype=np.float64))
+        # records of an older version may lack the timing fields: NaN there
+        data = {name: ("iteration", np.array([r.get(name, math.nan) for r in records],
+                                             dtype=np.float64))
                 for name in _RECORD_FIELDS if name != "iteration"}
         coords = {"iteration": np.array([int(r["iteration"]) for r in records], dtype=np.int64)}
         ds = xr.Dataset(data, coords=coords)
@@ -361,6 +253,8 @@ class SAGDSolver:
         ds["wall_time_s"].attrs["units"] = "s"
         ds["objective"].attrs["long_name"] = "minibatch mean negative log-likelihood per image"
         ds["heldout_nll"].attrs["long_name"] = "held-out mean negative log-likelihood per image"
+        for name in ("t_iteration_s", *(field_name(p) for p in PHASES)):
+            ds[name].attrs["units"] = "s"
         return ds
 
     # ------------------------------------------------------------------ pieces of a step
@@ -368,7 +262,7 @@ class SAGDSolver:
                         reuse: Any = None, gradient: bool = True) -> tuple[float, NDArray | None,
                                                                         Evaluation]:
         ev = self.objective.evaluate(volume, indices, gradient=gradient, record=record,
-                                     iteration=self.clock, reuse=reuse)
+                                     iteration=self.sampling_clock, reuse=reuse)
         n = len(indices)
         value = float(ev.nll.mean()) + self.prior.log_prob(volume) * -1.0 / self.n_train
         grad = None
@@ -377,13 +271,27 @@ class SAGDSolver:
         return value, grad, ev
 
     def _line_search(self, volume: NDArray, indices: NDArray, value: float, grad: NDArray,
-                     token: Any, L: float | None = None) -> float:
+                     token: Any, L: float | None = None, nll: NDArray | None = None) -> float:
         """Smallest L (largest step) on a doubling grid from ``L / 2`` (default: the current L)
-        with the sufficient-decrease test ``f(V - g/L) <= f(V) - ||g||^2 / (2L)``."""
+        with the sufficient-decrease test ``f(V - g/L) <= f(V) - ||g||^2 / (2L)``.
+
+        With ``params.linesearch_images`` and an objective that can restrict its reuse token
+        (``restrict_token(token, rows)``), ``f`` is the mean over the batch's first
+        ``linesearch_images`` images (their per-image NLLs ``nll`` give ``f(V)``), ``g`` still
+        the whole batch's gradient: each trial costs that fraction of a batch evaluation.
+        """
         L = self.state.L if L is None else L
         g2 = float(np.vdot(grad, grad))
         if g2 == 0:
             return L
+        m = self.params.linesearch_images
+        restrict = getattr(self.objective, "restrict_token", None)
+        if m is not None and nll is not None and restrict is not None and len(indices) > m:
+            rows = np.arange(m)
+            sub = restrict(token, rows)
+            if sub is not None:
+                value = value - float(np.mean(nll)) + float(np.mean(nll[rows]))
+                indices, token = indices[rows], sub
         trial = L / 2.0
         for _ in range(self.params.linesearch_max_steps):
             candidate = volume - grad / trial
@@ -401,7 +309,7 @@ class SAGDSolver:
         # held-out particles keep their own importance-sampling state (record=True): it
         # learns only where their poses are, never the map
         ev = self.objective.evaluate(volume, held, gradient=False, record=True,
-                                     iteration=self.clock)
+                                     iteration=self.sampling_clock)
         return float(ev.nll.mean())
 
     # ------------------------------------------------------------------ one iteration
@@ -418,8 +326,10 @@ class SAGDSolver:
         t0 = time.perf_counter()
         it = st.iteration
         rng_state = self.rng.bit_generator.state
-        stage, w = self.band_limits.at(it)
+        stage, w = self.next_stage()
         stage_changed = stage != st.stage
+        self._sampling_t = self._sampling_time(w, 0 if stage_changed
+                                               else len(self._stage_records()))
         if stage_changed:
             self.objective.set_band_limit(w)
         order = st.order
@@ -428,13 +338,22 @@ class SAGDSolver:
         batch = int(order[it % self.n_batches])
         indices = self.batch_indices(batch)
         saved_entry = self.memory.entry(batch)
+        times = dict.fromkeys(PHASES, 0.0)
+        clock = time.perf_counter
         try:
             self._prefetch_next(it, order)
             value, grad, ev = self._value_and_grad(st.volume, indices, record=True)
             assert grad is not None and ev.grad is not None
+            t1 = clock()
+            for phase, seconds in ev.timings.items():
+                times[phase] = times.get(phase, 0.0) + seconds
+            if not ev.timings:  # an objective that does not break its time down
+                times["engine"] = t1 - t0
             L = st.L
             if stage_changed or it % p.linesearch_every == 0:
-                L = self._line_search(st.volume, indices, value, grad, ev.token, L)
+                L = self._line_search(st.volume, indices, value, grad, ev.token, L, ev.nll)
+            t2 = clock()
+            times["linesearch"] = t2 - t1
             # the memory holds the likelihood part only; the prior's gradient is exact per step
             radius_px = w * self.box_size * self.objective.pixel_size_A + 2.0
             self.memory.update(batch, ev.grad / len(indices), radius_px)
@@ -443,14 +362,17 @@ class SAGDSolver:
             volume = st.volume - (eps / L) * direction
             if p.positivity:
                 np.maximum(volume, 0.0, out=volume)
+            t3 = clock()
+            times["update"] = t3 - t2
             heldout = math.nan
             if stage_changed or it % p.heldout_every == 0:
                 heldout = self._heldout_nll(volume)
+            times["heldout"] = clock() - t3
         except BaseException:
             self.memory.restore(batch, saved_entry)
             self.rng.bit_generator.state = rng_state
             if stage_changed and st.stage >= 0:
-                self.objective.set_band_limit(self.band_limits.at(max(it - 1, 0))[1])
+                self.objective.set_band_limit(self.last_band_limit_invA)
             raise
         # commit
         if stage_changed:
@@ -463,17 +385,71 @@ class SAGDSolver:
                 st.evaluations_without_gain += 1
         st.order, st.L, st.volume = order, L, volume
         st.iteration = it + 1
-        st.elapsed_s += time.perf_counter() - t0
+        took = time.perf_counter() - t0
+        st.elapsed_s += took
         record = {"iteration": it, "clock": it + p.iteration_offset, "stage": stage,
                   "max_freq_invA": w, "objective": value, "heldout_nll": heldout, "L": st.L,
                   "eps": eps, "step_size": eps / st.L,
                   "fraction_evaluated": ev.fraction_evaluated, "wall_time_s": st.elapsed_s,
-                  "batch": batch}
+                  "batch": batch, "t_iteration_s": took,
+                  **{field_name(ph): float(times.get(ph, 0.0)) for ph in PHASES}}
         st.records.append(record)
         self._check_stop(stage, w)
         if self.callback is not None:
             self.callback(self, record)
         return record
+
+    def next_stage(self) -> tuple[int, float]:
+        """``(stage, w)`` of the next iteration: the fixed schedule's, or with a
+        :class:`StagePolicy` the current stage or the next one when the policy says the
+        current one is over (a pure function of the state and its records)."""
+        st, policy = self.state, self.params.stage_policy
+        if policy is None:
+            return self.band_limits.at(st.iteration)
+        if st.stage < 0:
+            return 0, self.band_limits.of_stage(0)
+        stage = st.stage
+        if policy.advance(stage, self.band_limits.n_stages, self._stage_records(),
+                          st.elapsed_s, st.iteration):
+            stage += 1
+        return stage, self.band_limits.of_stage(stage)
+
+    @property
+    def sampling_clock(self) -> int:
+        """The clock the objective's importance-sampling schedule (alpha, T) follows: the
+        job's :attr:`clock` on the fixed schedule; with a :class:`StagePolicy`, the
+        iteration the fixed schedule would be at, ``iterations_per_stage`` per band-limit step
+        since the job's first band limit plus the iterations into the current stage (at most
+        a stage), so the annealing follows the band limit whatever the stages' lengths."""
+        return self.clock if self._sampling_t is None else self._sampling_t
+
+    def _sampling_time(self, w: float, into_stage: int) -> int | None:
+        p = self.params
+        if p.stage_policy is None:
+            return None
+        w0 = (p.clock_start_max_freq_invA if p.clock_start_max_freq_invA is not None
+              else p.start_max_freq_invA)
+        steps = max(0, round((w - w0) / p.freq_step_invA))
+        return int(steps * p.iterations_per_stage + min(into_stage, p.iterations_per_stage))
+
+    @property
+    def next_band_limit_invA(self) -> float:
+        """The band limit (1/Å) the next iteration will run at (:meth:`next_stage`)."""
+        return self.next_stage()[1]
+
+    @property
+    def last_band_limit_invA(self) -> float:
+        """The band limit (1/Å) of the last iteration (the start before any)."""
+        records = self.state.records
+        return float(records[-1]["max_freq_invA"] if records else self.band_limits.start_invA)
+
+    def _stage_records(self) -> list[dict[str, float]]:
+        """The records of the current stage (the trailing run of records with its number)."""
+        records, stage = self.state.records, self.state.stage
+        n = 0
+        while n < len(records) and int(records[-1 - n]["stage"]) == stage:
+            n += 1
+        return records[len(records) - n:]
 
     def fitted_band_limit_invA(self, min_iterations: int) -> float | None:
         """The highest band limit (1/Å) this solver has run at least ``min_iterations``
@@ -573,5 +549,5 @@ class SAGDSolver:
         self.rng.bit_generator.state = scalars["rng"]
         self.memory.load_state_dict(state["memory"])
         if self._state.stage >= 0:
-            self.objective.set_band_limit(self.band_limits.at(self._state.iteration - 1)[1])
+            self.objective.set_band_limit(self.last_band_limit_invA)
         self.objective.load_state_dict(state["objective"])

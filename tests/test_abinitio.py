@@ -45,7 +45,7 @@ def tiny_set(tmp_path_factory):
 
 
 CONFIG = AbInitioConfig(start_res_A=40.0, split_res_A=30.0, freq_step_invA=1 / 120,
-                        first_stage_epochs=1.0, iterations_per_stage=4, batch_size=40,
+                        first_stage_images=200, iterations_per_stage=4, batch_size=40,
                         n_heldout=20,
                         particle_radius_A=50.0, shift_sigma_A=5.0, shift_extent_A=10.0,
                         max_iterations=16, checkpoint_every_s=3600.0, min_fitted_iterations=3)
@@ -97,10 +97,11 @@ def test_abinitio_outputs_and_resume_equals_uninterrupted(tiny_set, tmp_path):
     np.testing.assert_array_equal(read_mrc(tmp_path / "resumed" / "map.mrc").data, final.data)
 
 
-def test_first_stage_lasts_its_epochs_and_the_halves_continue_its_schedule(tiny_set, tmp_path):
-    # 240 images - 20 held out = 220 in 5 batches of 40 (+ remainder): 2 epochs = 10 iterations
+def test_first_stage_lasts_its_images_and_the_halves_continue_its_schedule(tiny_set, tmp_path):
+    # 400 images in batches of 40 = 10 iterations, which is also the half of the common
+    # phase's share (a third of 60) the budget's pace leaves the first stage
     ds = load_simulation(tiny_set)
-    config = replace(CONFIG, first_stage_epochs=2.0, max_iterations=30)
+    config = replace(CONFIG, first_stage_images=400, max_iterations=60)
     AbInitioRun(ds, tmp_path, config, progress=False).run()
     rows = np.genfromtxt(tmp_path / "history.csv", delimiter=",", names=True, dtype=None,
                          encoding="utf-8")
@@ -123,7 +124,8 @@ def test_half_map_fsc_stops_at_the_band_limit_the_halves_reached(tiny_set, tmp_p
     # above the band limit no data were fitted: the half-maps (each half's particles
     # reconstructed at its poses) stop there, and so does their FSC
     ds = load_simulation(tiny_set)
-    config = replace(CONFIG, max_res_A=30.0, max_iterations=12)
+    # box kept: without it the working box would be cropped to the target (next test)
+    config = replace(CONFIG, max_res_A=30.0, max_iterations=12, box_size=BOX)
     summary = AbInitioRun(ds, tmp_path, config, progress=False).run()
     w_final = summary["final_max_freq_invA"]
     assert w_final == pytest.approx(1 / 30.0)  # below Nyquist, 1/24
@@ -145,6 +147,21 @@ def test_half_map_fsc_stops_at_the_band_limit_the_halves_reached(tiny_set, tmp_p
     written = np.loadtxt(tmp_path / "fsc.csv", delimiter=",", skiprows=1)
     beyond = written[:, 0] > w_final + 1e-9
     assert np.isnan(written[beyond, 1]).all() and np.isfinite(written[~beyond, 1]).all()
+
+
+def test_the_working_box_follows_the_target_and_the_radius_the_images(tiny_set, tmp_path):
+    from cryonb.diagnostics import estimate_particle_radius
+
+    ds = load_simulation(tiny_set)
+    run = AbInitioRun(ds, tmp_path, replace(CONFIG, max_res_A=30.0, particle_radius_A=None),
+                      progress=False)
+    run._prepare()
+    # the smallest even box whose Nyquist 2 * 16 * 12 Å / b reaches 30 Å: ceil(12.8) = 13,
+    # made even: 14 (Nyquist 27.4 Å)
+    assert run.work.box_size == 14 and run.work.pixel_size_A == pytest.approx(BOX * PSIZE / 14)
+    assert run.particle_radius_A == pytest.approx(estimate_particle_radius(run.work))
+    assert run.qopts.particle_radius_A == run.particle_radius_A
+    assert any("estimated from the images" in m for m in run.messages)
 
 
 def test_no_independent_halves_gives_a_null_resolution_with_its_reason(tiny_set, tmp_path):
@@ -188,9 +205,11 @@ def test_halves_share_nothing_above_the_split_and_see_disjoint_images(tiny_set, 
 
 
 def test_the_time_budget_caps_the_common_phase(tiny_set, tmp_path):
-    # without a cap the 1-epoch first stage (5 iterations) and the next stage would be common
+    # stages of at least 250 iterations: neither the first stage's images nor the budget's
+    # pace end the first stage before the 2 s share of the common phase is used up
     ds = load_simulation(tiny_set)
-    config = replace(CONFIG, max_iterations=None, time_limit_min=0.1, first_stage_epochs=50.0)
+    config = replace(CONFIG, max_iterations=None, time_limit_min=0.1, first_stage_images=10000,
+                     iterations_per_stage=1000, min_fitted_iterations=1000)
     run = AbInitioRun(ds, tmp_path, config, progress=False)
     summary = run.run()
     common_s = run.common.state.elapsed_s
@@ -221,13 +240,17 @@ def test_is_schedule_and_learning_rate_continue_across_the_split(tiny_set, tmp_p
 
     monkeypatch.setattr(MarginalObjective, "evaluate", spy)
     ds = load_simulation(tiny_set)
-    config = replace(CONFIG, first_stage_epochs=2.0, max_iterations=30)
+    config = replace(CONFIG, first_stage_images=400, max_iterations=30)
     run = AbInitioRun(ds, tmp_path, config, progress=False)
     run.run()
     common = [it for is_common, it in seen if is_common]
     halves = [it for is_common, it in seen if not is_common]
     last, first = max(common), min(halves)
-    assert first == last + 1  # the halves go on with the common run's clock
+    # the halves go on with the common run's sampling clock (SAGDSolver.sampling_clock:
+    # iterations_per_stage per band-limit step plus the iterations into the stage, at most a
+    # stage): the common run's last iteration is a stage into the first band limit, the
+    # halves' first one starts the next band limit, which is the same time
+    assert first in (last, last + 1), (last, first)
     schedule = is_schedule_for(config.iterations_per_stage)
     for name in ("alpha", "temperature"):
         f = getattr(schedule, name)
@@ -239,7 +262,9 @@ def test_is_schedule_and_learning_rate_continue_across_the_split(tiny_set, tmp_p
     eps_common = rows["eps"][rows["phase"] == "common"][-1]
     eps_half = rows["eps"][rows["phase"] == "half1"][0]
     assert eps_half in (eps_common, eps_common / 2)  # at most the schedule's own halving
-    assert rows["clock"][rows["phase"] == "half1"][0] == last + 1
+    # the iteration clock (learning rate) continues too
+    assert rows["clock"][rows["phase"] == "half1"][0] == rows["clock"][rows["phase"]
+                                                                       == "common"][-1] + 1
 
 
 def test_a_failed_iteration_leaves_the_last_good_checkpoint(tiny_set, tmp_path, monkeypatch):
@@ -268,7 +293,9 @@ def test_a_failed_iteration_leaves_the_last_good_checkpoint(tiny_set, tmp_path, 
     # the checkpoint is the last completed round: the split, both halves at iteration 0
     saved = load_checkpoint(tmp_path / "failed" / "checkpoint.npz")
     assert saved["phase"] == "halves"
-    assert json.loads(str(saved["common"]["scalars"]))["iteration"] == 5
+    # (3 common iterations: the pace of the 16-iteration budget ends the first stage after
+    # 3 of the common phase's 5, and the next band limit is the split's)
+    assert json.loads(str(saved["common"]["scalars"]))["iteration"] == 3
     assert all(json.loads(str(saved[h]["scalars"]))["iteration"] == 0
                for h in ("half1", "half2"))
     monkeypatch.setattr(SAGDSolver, "_heldout_nll", heldout)

@@ -24,11 +24,13 @@ from cryonb.commands.options import (
 # The options `cryonb reconstruct` had before they were generated (README, docs, scripts use
 # them): every one must still exist.
 OLD_RECONSTRUCT_OPTIONS = [
-    "--out", "--datadir", "--box", "--max-res", "--start-res", "--first-stage-epochs",
+    "--out", "--datadir", "--box", "--max-res", "--start-res",
     "--split-res", "--iterations", "--time-limit", "--iterations-per-stage", "--batch-size",
     "--particle-radius", "--shift-sigma", "--shift-extent", "--invert", "--seed",
     "--checkpoint-min", "--resume", "--known-poses", "--no-progress", "--scheduler",
     "--dask-workers"]
+# replaced by --first-stage-images: still accepted by the parser, refused with one line
+REPLACED_RECONSTRUCT_OPTIONS = ["--first-stage-epochs"]
 OLD_SIMULATE_OPTIONS = [
     "--pdb", "--map", "--chains", "--out", "--n", "--box", "--pixel-size", "--snr",
     "--ctf-table", "--ctf-ranges", "--shift-sigma", "--bfactor", "--seed", "--chunk",
@@ -249,6 +251,10 @@ def test_invalid_config_value_is_a_one_line_error(tmp_path, capsys):
     with pytest.raises(SystemExit, match="common_fraction"):
         main(["reconstruct", str(tmp_path / "p.star"), "--out", str(tmp_path / "run"),
               "--common-fraction", "2"])
+    for flag in REPLACED_RECONSTRUCT_OPTIONS:  # one line naming the new option
+        with pytest.raises(SystemExit, match="replaced by --first-stage-images"):
+            main(["reconstruct", str(tmp_path / "p.star"), "--out", str(tmp_path / "run"),
+                  flag, "3"])
 
 
 def test_reconstruct_help_runs():

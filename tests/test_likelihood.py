@@ -332,3 +332,27 @@ def test_negative_log_posterior_value_and_gradient(problem):
     fp = negative_log_posterior(lik, vol + h * u, batch, prior, prior_weight=0.25)[0]
     fm = negative_log_posterior(lik, vol - h * u, batch, prior, prior_weight=0.25)[0]
     assert (fp - fm) / (2 * h) == pytest.approx(np.vdot(grad, u), rel=1e-6)
+
+
+@pytest.mark.parametrize("with_subsets", [False, True])
+def test_evaluate_reports_phase_timings(with_subsets, problem):
+    """``LikelihoodResult.timings``: wall seconds of the five phases, summing to about the
+    call's wall time (the names are read by the objective)."""
+    import time
+
+    model, quad, vol, ctf, images, _, _ = problem()
+    lik = MarginalLikelihood(model, quad)
+    prep = lik.prepare(images, ctf, 3.0)
+    subsets = None
+    if with_subsets:
+        sub = PoseSubset(np.arange(2), np.arange(quad.n_inplane), np.arange(quad.n_shifts),
+                         np.zeros(2), np.zeros(quad.n_inplane), np.zeros(quad.n_shifts))
+        subsets = [sub] * len(images)
+    vft = lik.volume_to_fourier(vol)
+    t0 = time.perf_counter()
+    res = lik.evaluate(vft, prep, subsets=subsets, gradient=True)
+    wall = time.perf_counter() - t0
+    assert list(res.timings) == ["slicing_s", "scores_s", "sweeps_s", "gradient_s", "other_s"]
+    assert all(v >= 0 for v in res.timings.values())
+    assert res.timings["gradient_s"] > 0 and res.timings["scores_s"] > 0
+    assert sum(res.timings.values()) <= wall

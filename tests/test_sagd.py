@@ -217,3 +217,66 @@ def test_line_search_keeps_L_at_a_zero_gradient():
     record = solver.step()
     assert record["L"] == 3.25 and record["objective"] == 0.0
     np.testing.assert_array_equal(solver.volume, v_star)
+
+
+class _RestrictableLeastSquares(_LeastSquares):
+    """The quadratic with a reuse token that names its images, restrictable to some rows."""
+
+    def __init__(self, A, b, box):
+        super().__init__(A, b, box)
+        self.calls = []
+
+    def evaluate(self, volume, indices, *, gradient, record, iteration, reuse=None):
+        if reuse is not None:
+            assert np.array_equal(reuse, indices)  # the token is of the same images
+        self.calls.append((len(indices), gradient))
+        ev = super().evaluate(volume, indices, gradient=gradient, record=record,
+                              iteration=iteration)
+        return Evaluation(ev.nll, ev.grad, token=np.asarray(indices))
+
+    def restrict_token(self, token, rows):
+        return token[rows]
+
+
+def test_the_line_search_on_part_of_the_batch_tests_that_part_with_the_batch_gradient():
+    """With ``linesearch_images = 3`` of batches of 8, every trial evaluates 3 images, and the
+    accepted L is the smallest grid point where ``f_3(V - g/L) <= f_3(V) - g'g / (2L)``,
+    ``f_3`` the mean over those 3 images and ``g`` the gradient of the whole batch."""
+    from dataclasses import replace
+
+    rng = np.random.default_rng(7)
+    box, n, m = 3, 16, 6
+    A = rng.normal(size=(n, m, box**3))
+    b = rng.normal(size=(n, m)) + 2.0
+    v0 = rng.uniform(0.5, 1.5, size=(box,) * 3)
+    objective = _RestrictableLeastSquares(A, b, box)
+    params = SAGDParams(batch_size=8, n_heldout=0, L0=1e-3, linesearch_every=1,
+                        linesearch_max_steps=40, max_iterations=4, linesearch_images=3)
+    solver = SAGDSolver(objective, n_images=n, box_size=box, params=params,
+                        rng=np.random.default_rng(0), initial_volume=v0)
+    L_prev = params.L0
+    for _ in range(4):
+        volume = solver.volume.copy()
+        objective.calls.clear()
+        record = solver.step()
+        idx = solver.batch_indices(record["batch"])
+        part = idx[:3]
+        g = (np.einsum("imd,ime->de", A[idx], A[idx]) @ volume.ravel()
+             - np.einsum("imd,im->d", A[idx], b[idx])) / len(idx)
+
+        def f3(v, part=part):
+            r = np.einsum("imd,d->im", A[part], np.ravel(v)) - b[part]
+            return 0.5 * (r**2).sum() / len(part)
+
+        L = record["L"]
+        assert objective.calls[0] == (8, True)
+        assert all(c == (3, False) for c in objective.calls[1:]) and len(objective.calls) > 1
+        assert f3(volume.ravel() - g / L) <= f3(volume) - g @ g / (2 * L)
+        if L > L_prev / 2:  # not the first grid point: the one before it failed
+            assert f3(volume.ravel() - g / (L / 2)) > f3(volume) - g @ g / L
+        L_prev = L
+    # without restrict_token the whole batch is searched
+    plain = SAGDSolver(_LeastSquares(A, b, box), n_images=n, box_size=box,
+                       params=replace(params, max_iterations=1), rng=np.random.default_rng(0),
+                       initial_volume=v0)
+    plain.step()

@@ -177,8 +177,10 @@ def test_solver_gives_identical_results_with_and_without_prefetch(tmp_path):
     np.testing.assert_array_equal(a.volume, b.volume)
     assert len(a.state.records) == len(b.state.records) == 8
     for ra, rb in zip(a.state.records, b.state.records, strict=True):  # NaN-aware equality
-        np.testing.assert_equal({k: v for k, v in ra.items() if k != "wall_time_s"},
-                                {k: v for k, v in rb.items() if k != "wall_time_s"})
+        # wall times and the per-phase timings (t_*_s) differ from run to run
+        np.testing.assert_equal(
+            {k: v for k, v in ra.items() if k != "wall_time_s" and not k.startswith("t_")},
+            {k: v for k, v in rb.items() if k != "wall_time_s" and not k.startswith("t_")})
     assert min(r["fraction_evaluated"] for r in a.state.records) < 1.0  # IS was on
     for key, value in obj_a.sampler.state_dict().items():
         np.testing.assert_array_equal(value, obj_b.sampler.state_dict()[key])

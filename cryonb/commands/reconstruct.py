@@ -81,6 +81,10 @@ def add_args(parser: argparse.ArgumentParser) -> None:
         f"--known-poses and must be even and at least {MIN_BOX} px)")
     add_dataclass_options(config, _config_class(), exclude=EXCLUDE, rename=RENAME, units=UNITS,
                           choices=CHOICES)
+    # replaced by --first-stage-images (the first stage is sized by images seen, not epochs):
+    # kept so that old scripts get one clear line instead of "unrecognized arguments"
+    parser.add_argument("--first-stage-epochs", type=float, default=None,
+                        help=argparse.SUPPRESS)
 
 
 MIN_BOX = 16  # px: smallest --box accepted (see _check_box)
@@ -153,6 +157,10 @@ def main(args: argparse.Namespace) -> int:
     """Run the reconstruction and print a summary."""
     from .options import dataclass_from_args
 
+    if getattr(args, "first_stage_epochs", None) is not None:
+        raise SystemExit("cryonb reconstruct: error: --first-stage-epochs was replaced by "
+                         "--first-stage-images (e.g. 3 epochs of 10,000 particles: "
+                         "--first-stage-images 30000)")
     try:
         config = dataclass_from_args(_config_class(), args)
     except ValueError as err:  # AbInitioConfig's own checks (e.g. --common-fraction 2)
@@ -180,8 +188,12 @@ def main(args: argparse.Namespace) -> int:
         print(f"interrupted; resume with: cryonb reconstruct {args.particles} --out {args.out} "
               "--resume (same options)")
         return 130
-    print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=2,
-                     default=float))
+    print(json.dumps({k: v for k, v in summary.items() if k not in ("config", "profile")},
+                     indent=2, default=float))
+    from ..profiling import format_profile
+
+    print("time per iteration by phase and band limit, s (run.json: profile):")
+    print(format_profile(summary["profile"]))
     for line in summary_lines(summary):
         print(line)
     return 0

@@ -13,6 +13,7 @@ module                 job
 ``dense``              its GEMM passes over image groups (value, gradient, back-projection)
 ``sparse``             its sparse store of the scores with a nonzero posterior (CSR)
 ``scores``             its sweeps over blocks of scores (numba kernels or NumPy twins)
+``fused``              the value sweep in one pass and the cached posterior (numba kernels)
 ``device``             ``DeviceMarginalLikelihood``: the array-API engine (CuPy)
 ``reference``          ``reference_log_joint`` (direct sums for tests), ``negative_log_posterior``
 =====================  ==========================================================================

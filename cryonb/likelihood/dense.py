@@ -12,16 +12,24 @@ of rotations computed in one call (shared by many small groups).
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-from ..backend import Backend, get_backend
+from ..backend import get_backend
 from ..image_model import ImageModel
 from .grouping import _Accumulator, _Group
-from .scores import _EXP_LO, _SKIP_MARGIN, _complete_scores, _exp_sums, _posterior
+from .scores import (
+    _EXP_LO,
+    _SKIP_MARGIN,
+    _complete_scores,
+    _posterior,
+    _posterior_from_exps,
+    _value_sweep,
+)
 from .sparse import _SPARSE_DENSITY, _csr_posterior, _csr_to_dense, _SparseStore
 from .types import PreparedImages, _logsumexp, _real_dtype
 
@@ -167,8 +175,10 @@ class _DensePass:
         return self.table.rows_flat(self.g0.directions[d] * self.q.n_inplane
                                     + self.g0.inplane[i])
 
-    def scores(self, j: int, rows: NDArray, x: Any) -> tuple[Any, tuple[NDArray, ...]]:
-        """Completed scores (n_c, G * nS) of group ``j`` at ``rows`` and their row maxima."""
+    def _cross(self, j: int, rows: NDArray, x: Any) -> tuple[Any, ...]:
+        """Cross terms (n_c, G * nS) and norms (n_c, G) of group ``j`` (the GEMMs), with the
+        log weights of the rows."""
+        t0 = time.perf_counter()
         xp, rdt = self.bk.xp, self.rdt
         zv = self._zv(j)
         xv = x.view(rdt)
@@ -183,8 +193,27 @@ class _DensePass:
         g0 = self.g0
         lwr = (self.lwd[d] + self.lwi[i]).astype(rdt)
         lis_r = (g0.lis_d[d] + g0.lis_i[i]).astype(rdt)
-        return full, _complete_scores(self.bk, full, self.n_s, lwr, norm, self.lws, lis_r,
-                                      self.lis_s, self.kernels)
+        self.acc.tick("scores_s", t0)
+        return full, norm, lwr, lis_r
+
+    def scores(self, j: int, rows: NDArray, x: Any) -> tuple[Any, tuple[NDArray, ...]]:
+        """Completed scores (n_c, G * nS) of group ``j`` at ``rows`` and their row maxima."""
+        full, norm, lwr, lis_r = self._cross(j, rows, x)
+        t0 = time.perf_counter()
+        stats = _complete_scores(self.bk, full, self.n_s, lwr, norm, self.lws, lis_r,
+                                 self.lis_s, self.kernels)
+        self.acc.tick("sweeps_s", t0)
+        return full, stats
+
+    def value_scores(self, j: int, rows: NDArray, x: Any, mode: int) -> tuple[Any, ...]:
+        """The value pass of group ``j`` at ``rows`` in one sweep (:func:`.scores._value_sweep`,
+        ``mode`` says what ``full`` holds after it): ``(full, stats, sums, row_info)``."""
+        full, norm, lwr, lis_r = self._cross(j, rows, x)
+        t0 = time.perf_counter()
+        out = _value_sweep(self.bk, full, self.n_s, lwr, norm, self.lws, lis_r, self.lis_s,
+                           self.lo, mode, self.kernels)
+        self.acc.tick("sweeps_s", t0)
+        return (full, *out)
 
     # ------------------------------------------------------------------ passes
     def run(self) -> None:
@@ -197,24 +226,30 @@ class _DensePass:
         for d0 in range(0, self.n_d, self.k_d):
             d1 = min(self.n_d, d0 + self.k_d)
             rows = np.arange(d0 * self.n_i, d1 * self.n_i)
+            t0 = time.perf_counter()
             rots = self.rotations(rows)
             x = self.slices(rows, rots)
+            self.acc.tick("slicing_s", t0)
+            mode = 2 if self.keep else (1 if store is not None else 0)
             fulls = []
             has = np.zeros(len(rows), dtype=bool)  # rows with a term in the sparse store
             if store is not None:
                 store.begin_block(int(rows[0]), len(rows))
             for j, g in enumerate(self.groups):
-                full, stats = self.scores(j, rows, x)
-                partial = self.states[j].add_block(self.bk, full, stats, self.n_s, d0, d1,
-                                                   self.lo, self.kernels, g, self.acc)
+                full, stats, sums, row_info = self.value_scores(j, rows, x, mode)
+                t0 = time.perf_counter()
+                partial = self.states[j].add_block(stats, sums, d0, d1, g, self.acc)
+                self.acc.tick("sweeps_s", t0)
                 if not gradient:
                     continue
                 blk = slice(d0 * self.n_i, d1 * self.n_i)
                 bound[blk] = np.maximum(bound[blk], (stats[0] - partial[None, :]).max(axis=1))
                 if self.keep:
-                    fulls.append(full)
+                    fulls.append((full, row_info))
                 elif store is not None:
+                    t0 = time.perf_counter()
                     has |= store.add(j, full, partial + (self.lo - _SKIP_MARGIN))
+                    self.acc.tick("sweeps_s", t0)
             if self.keep:
                 cached.append((rows, rots, x, fulls))
             elif store is not None:
@@ -226,12 +261,14 @@ class _DensePass:
         if not gradient:
             return
         ll = np.concatenate(log_ls)
+        t0, inner0 = time.perf_counter(), self.acc.inner()
         if self.keep:
             self._gradient_cached(cached, ll, bound)
         elif store is not None:
             self._gradient_sparse(store, ll)
         else:
             self._gradient_recompute(ll, bound)
+        self.acc.tick_outer("gradient_s", t0, inner0)
 
     def _images(self) -> NDArray:
         return np.concatenate([g.images for g in self.groups])
@@ -248,15 +285,15 @@ class _DensePass:
         grad -= (pr @ self.h2) * x
         self.buffer.add(rots, grad)
 
-    def _dense_rows(self, rots: NDArray, x: Any, full_of: Any, ll: Any) -> None:
-        """Gradient rows of a block from the scores of each group (``full_of(j)``)."""
+    def _dense_rows(self, rots: NDArray, x: Any, post_of: Any) -> None:
+        """Gradient rows of a block from the posterior of each group: ``post_of(j)`` gives
+        the posterior block (n_c, G * nS) and its sums over shifts (n_c, G)."""
         xp = self.bk.xp
         g_real = None
         prs = []
         for j in range(len(self.groups)):
-            p = full_of(j)
-            prs.append(_posterior(self.bk, p, self.n_s, ll[self.img_off[j]:self.img_off[j + 1]],
-                                  self.lo, self.kernels))                        # (n_c, G)
+            p, pr = post_of(j)
+            prs.append(pr)
             part = p @ self._zv(j)                                               # (n_c, 2Mh)
             if g_real is None:
                 g_real = part
@@ -265,14 +302,31 @@ class _DensePass:
         self._add_rows(rots, x, g_real, prs[0] if len(prs) == 1 else xp.concatenate(prs, 1))
 
     def _gradient_cached(self, cached: list, ll: NDArray, bound: NDArray) -> None:
-        ll_dev = self.bk.xp.asarray(ll.astype(self.rdt))
         live = bound >= self.lo - _SKIP_MARGIN
         n_live = 0
+        lls = [ll[self.img_off[j]:self.img_off[j + 1]] for j in range(len(self.groups))]
+
+        def posterior(full_info: tuple[Any, Any], j: int) -> tuple[Any, Any]:
+            full, row_info = full_info
+            t0 = time.perf_counter()
+            pr = _posterior_from_exps(self.bk, full, self.n_s, row_info, lls[j], self.kernels)
+            self.acc.tick("sweeps_s", t0)
+            return full, pr
+
         for rows, rots, x, fulls in cached:
             if live[rows].any():
                 n_live += len(rows)
-                self._dense_rows(rots, x, fulls.__getitem__, ll_dev)
+                self._dense_rows(rots, x, lambda j, f=fulls: posterior(f[j], j))
         self.acc.n_grad[self._images()] = n_live * self.n_s
+
+    def _recomputed(self, j: int, rows: NDArray, x: Any, ll: Any) -> tuple[Any, Any]:
+        """Posterior of group ``j`` at ``rows`` from recomputed scores, and its row sums."""
+        p = self.scores(j, rows, x)[0]
+        lj = ll[self.img_off[j]:self.img_off[j + 1]]
+        t0 = time.perf_counter()
+        pr = _posterior(self.bk, p, self.n_s, lj, self.lo, self.kernels)
+        self.acc.tick("sweeps_s", t0)
+        return p, pr
 
     def _gradient_recompute(self, ll: NDArray, bound: NDArray) -> None:
         ll_dev = self.bk.xp.asarray(ll.astype(self.rdt))
@@ -280,9 +334,11 @@ class _DensePass:
         step = self.k_d * self.n_i
         for k0 in range(0, len(kept), step):
             rows = kept[k0:k0 + step]
+            t0 = time.perf_counter()
             rots = self.rotations(rows)
             x = self.slices(rows, rots)
-            self._dense_rows(rots, x, lambda j, r=rows, x=x: self.scores(j, r, x)[0], ll_dev)
+            self.acc.tick("slicing_s", t0)
+            self._dense_rows(rots, x, lambda j, r=rows, x=x: self._recomputed(j, r, x, ll_dev))
         self.acc.n_grad[self._images()] = len(kept) * self.n_s
 
     def _gradient_sparse(self, store: _SparseStore, ll: NDArray) -> None:
@@ -293,6 +349,7 @@ class _DensePass:
                for j in range(len(self.groups))]
         counts = np.zeros(n_img, dtype=np.int64)
         for blk in store.blocks:
+            t0 = time.perf_counter()
             live = np.zeros(blk.n_rows, dtype=bool)
             posts = []
             nnz = 0
@@ -304,6 +361,7 @@ class _DensePass:
                 posts.append(p)
                 live |= row_nnz > 0
                 nnz += int(row_nnz.sum())
+            self.acc.tick("sweeps_s", t0)
             rows = np.flatnonzero(live)
             if len(rows) == 0:
                 continue
@@ -354,15 +412,15 @@ class _DenseState:
                    np.full(n_img, -np.inf), np.full((n_img, n_d), -np.inf),
                    np.full(n_img, -np.inf))
 
-    def add_block(self, bk: Backend, full: Any, stats: tuple[NDArray, ...], n_s: int, d0: int,
-                  d1: int, lo: float, kernels: bool, g: _Group, acc: _Accumulator) -> NDArray:
-        """Fold in the scores of directions ``d0:d1``; returns the partial log-likelihoods."""
+    def add_block(self, stats: tuple[NDArray, ...], sums: tuple[NDArray, NDArray], d0: int,
+                  d1: int, g: _Group, acc: _Accumulator) -> NDArray:
+        """Fold in the scores of directions ``d0:d1`` from their value sweep (``stats`` and
+        ``sums`` of :func:`.scores._value_sweep`); returns the partial log-likelihoods."""
         row_max, row_fmax, row_farg = stats
+        row_sum, s_s = sums
         n_img, n_i = len(g.images), len(g.inplane)
-        rdt = full.dtype
         cm = row_max.max(axis=0)                                                # (G,)
         cm_safe = np.where(np.isfinite(cm), cm, 0.0)
-        row_sum, s_s = _exp_sums(bk, full, n_s, cm_safe.astype(rdt), lo, kernels)
         er = row_sum.reshape(d1 - d0, n_i, n_img)
         with np.errstate(divide="ignore"):
             self.log_d[:, d0:d1] = (np.log(er.sum(axis=1)) + cm_safe[None, :]).T

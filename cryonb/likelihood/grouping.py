@@ -10,7 +10,8 @@ outputs (log-likelihood, posterior marginals, MAP indices) filled group by group
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 import numpy as np
 from numpy.typing import NDArray
@@ -18,7 +19,10 @@ from numpy.typing import NDArray
 from ..quadrature import Quadrature
 from .types import PoseSubset
 
-__all__ = ["group_images"]
+__all__ = ["TIMING_KEYS", "group_images"]
+
+#: the phases of ``LikelihoodResult.timings`` (wall seconds), in this order
+TIMING_KEYS = ("slicing_s", "scores_s", "sweeps_s", "gradient_s", "other_s")
 
 
 @dataclass
@@ -55,7 +59,26 @@ class _Accumulator:
     map_s: NDArray
     n_eval: NDArray
     n_grad: NDArray
+    timings: dict[str, float] = field(default_factory=lambda: dict.fromkeys(TIMING_KEYS, 0.0))
 
+    def tick(self, key: str, t0: float) -> float:
+        """Add the wall time since ``t0`` (``time.perf_counter``) to ``timings[key]``; returns
+        the current time (the start of the next phase)."""
+        now = time.perf_counter()
+        self.timings[key] += now - t0
+        return now
+
+    def tick_outer(self, key: str, t0: float, inner0: float) -> None:
+        """As :meth:`tick` for a phase that contains others: the time they added since
+        ``inner0 = inner()`` at ``t0`` is not counted twice."""
+        inner = self.inner()
+        self.tick(key, t0)
+        self.timings[key] -= inner - inner0
+
+    def inner(self) -> float:
+        """Time so far in the phases that run inside others (slicing, scores, sweeps)."""
+        t = self.timings
+        return t["slicing_s"] + t["scores_s"] + t["sweeps_s"]
 
     @classmethod
     def empty(cls, b: int, q: Quadrature) -> _Accumulator:

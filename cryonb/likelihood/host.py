@@ -44,7 +44,9 @@ are computed once per block of rotations and shared by every image and shift (an
 image group with the same pose subset); the CTF is never rotated (the volume is).  The sweeps
 over a block of scores (completing them with the norm and prior terms and taking maxima, the
 exponential sums of the online log-sum-exp, the posterior) are parallel numba kernels
-(:mod:`cryonb._kernels`, :mod:`.scores`).  The gradient has the same structure: per rotation,
+(:mod:`cryonb._kernels`, :mod:`.scores`); the value pass is one sweep per block (:mod:`.fused`),
+which, when the block is kept for the gradient, leaves the exponentials in it so that the
+posterior is one multiplication per term.  The gradient has the same structure: per rotation,
 ``G_r = sum_{b,s} pi_{r,b,s} conj(Z_bs) - X_r * sum_b pi_{r,b} 2 H_b`` (a product of the
 posterior with the same ``Z``), then one back-projection of all ``G_r`` and the adjoint of
 ``projector.volume_to_fourier``.  Terms whose posterior underflows to 0 in the working precision
@@ -59,14 +61,16 @@ Slicing and back-projection work on the centred sub-cube of the padded Fourier g
 band limit reaches.  Importance-sampled images each have their own small subset; their slices
 are taken once per batch (one call for the union of their rotations) and their scores and
 gradient rows are computed by two numba kernels over all of them at once (single-threaded small
-GEMMs per image, threads across images), which avoids thousands of tiny multi-threaded BLAS
-calls.
-float32/complex64 by default (the precision of ``volume_ft``), float64 for tests.
+GEMMs per image, threads across runs of rotations), which avoids thousands of tiny
+multi-threaded BLAS calls.
+float32/complex64 by default (the precision of ``volume_ft``), float64 for tests.  Each call
+reports its wall time per phase in ``LikelihoodResult.timings``.
 :func:`~cryonb.likelihood.reference_log_joint` is the direct NumPy evaluation kept for tests.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -271,6 +275,7 @@ class MarginalLikelihood:
         -------
         LikelihoodResult
         """
+        t_start = time.perf_counter()
         cdt = _complex_dtype(volume_ft.dtype)
         rdt = _real_dtype(cdt)
         if not isinstance(images, PreparedImages):
@@ -286,12 +291,15 @@ class MarginalLikelihood:
         mh = len(self.half_plane[0])
         proj = self.model.projector
         # slices and back-projection only touch the centred sub-cube of the band limit
+        t0 = time.perf_counter()
         vol_s = proj.crop_support(volume_ft, self._support_size)
+        t0 = acc.tick("slicing_s", t0)
         buffer = None
         if gradient:
             row_bytes = 2 * mh * np.dtype(rdt).itemsize
             buffer = _BackprojectBuffer(self.model, self._half_coords, cdt,
                                         self.block_bytes // row_bytes, self._support_size)
+            acc.tick("gradient_s", t0)
         clusters = self._groups(b, subsets, mh, rdt)
         q_ni = q.n_inplane
         slice_bytes = mh * np.dtype(cdt).itemsize
@@ -308,7 +316,9 @@ class MarginalLikelihood:
             # one slice call for the union of the rotations of several small groups
             if not pending:
                 return
+            t0 = time.perf_counter()
             table = _SliceTable(self, vol_s, np.fromiter(pending_rot, np.int64), q_ni)
+            acc.tick("slicing_s", t0)
             small = [g for cl in pending for g in cl if is_small(g)]
             if small:
                 self._evaluate_small_groups(prep, small, table, acc, buffer)
@@ -338,14 +348,19 @@ class MarginalLikelihood:
         run_pending()
         grad = None
         if buffer is not None:
+            t0 = time.perf_counter()
             buffer.flush()
             grad = proj.fourier_to_volume_adjoint(buffer.volume)
+            acc.tick("gradient_s", t0)
+        timings = acc.timings
+        timings["other_s"] = max(0.0, time.perf_counter() - t_start
+                                 - sum(v for k, v in timings.items() if k != "other_s"))
         return LikelihoodResult(
             log_likelihood=acc.log_l + prep.log_norm,
             log_marginal_directions=acc.log_d, log_marginal_inplane=acc.log_i,
             log_marginal_shifts=acc.log_s, map_direction=acc.map_d, map_inplane=acc.map_i,
             map_shift=acc.map_s, n_evaluated=acc.n_eval, quadrature=q, gradient=grad,
-            n_gradient=acc.n_grad if gradient else None)
+            n_gradient=acc.n_grad if gradient else None, timings=timings)
 
     def _groups(self, b: int, subsets: list[PoseSubset] | None, mh: int, rdt: Any
                 ) -> list[list[_Group]]:
@@ -380,6 +395,7 @@ class MarginalLikelihood:
                                table: _SliceTable, acc: _Accumulator,
                                buffer: _BackprojectBuffer | None) -> None:
         """Evaluate many small groups (importance-sampled images) with two numba kernels."""
+        t0 = time.perf_counter()
         q = self.quadrature
         cdt = table.x.dtype
         rdt = _real_dtype(cdt)
@@ -411,10 +427,14 @@ class MarginalLikelihood:
         lwr_all = np.concatenate(lwrs).astype(rdt)
         lws_all = np.concatenate(lwss).astype(rdt)
         out = np.empty(out_ptr[-1], dtype=rdt)
-        from .._kernels import small_group_gradients, small_group_scores
+        import numba
 
+        from .._kernels import group_tasks, small_group_gradients, small_group_scores
+
+        tasks = group_tasks(ptrs[0], ptrs[1], 8 * numba.get_num_threads())
         small_group_scores(xt, rows, ptrs[0], zv_all, ptrs[1], 0.5 * hrep_all, ptrs[2],
-                          n_shift_arr, lwr_all, lws_all, ptrs[3], out)
+                           n_shift_arr, lwr_all, lws_all, ptrs[3], tasks, out)
+        t0 = acc.tick("scores_s", t0)
         log_l_elem = np.empty(len(out)) if buffer is not None else None
         for k, g in enumerate(groups):
             n_d, n_i, n_s = len(g.directions), len(g.inplane), len(g.shifts)
@@ -424,14 +444,17 @@ class MarginalLikelihood:
                 log_l_elem[out_ptr[k]:out_ptr[k + 1]] = np.broadcast_to(
                     log_l[None, :, None], full.shape).ravel()
         if buffer is None:
+            acc.tick("sweeps_s", t0)
             return
         p = np.exp(out - log_l_elem.astype(rdt))
+        t0 = acc.tick("sweeps_s", t0)
         grad = np.empty((rows.shape[0], xt.shape[1]), dtype=rdt)
         small_group_gradients(p, ptrs[3], xt, rows, ptrs[0], zv_all, ptrs[1], hrep_all,
-                             ptrs[2], n_shift_arr, grad)
+                              ptrs[2], n_shift_arr, tasks, grad)
         d, i = np.divmod(table.flat[rows], q.n_inplane)
         rots = q.direction_matrices[d] @ q.inplane_matrices[i]
         buffer.add(rots, grad.view(cdt))
+        acc.tick("gradient_s", t0)
 
     def _reduce_full(self, full: NDArray, g: _Group, acc: _Accumulator) -> NDArray:
         """Log-likelihood, marginals and MAP of one group from all its scores (n_r, G, n_s)."""

@@ -87,3 +87,51 @@ def _posterior(bk: Backend, full: Any, n_s: int, log_l: Any, lo: float, kernels:
     xp.exp(p, out=p)
     return p.sum(axis=2)
 
+
+
+def _value_sweep(bk: Backend, full: Any, n_s: int, lwr: NDArray, norm: Any, lws: Any,
+                 lis_r: NDArray, lis_s: Any, lo: float, mode: int, kernels: bool
+                 ) -> tuple[tuple[NDArray, ...], tuple[NDArray, NDArray], tuple[Any, Any]]:
+    """The value pass over a block of cross terms: :func:`_complete_scores` and
+    :func:`_exp_sums` relative to the block's maxima ``cm`` (0 where none is finite), fused
+    into one sweep with the numba kernel (:func:`.fused.value_sweep`).
+
+    ``mode`` 0: ``full`` may be left as it is or hold the scores; 1: it holds the scores;
+    2: it holds ``exp(score - row_ref)``.  Returns ``(stats, (sum_s e, sum_r e), (row_sum,
+    row_ref))``: the maxima of :func:`_complete_scores`; the exponential sums relative to
+    ``cm`` (float64, host); and the sums over shifts relative to the reference of each row's
+    exponentials with that reference, (n_c, G) each (for :func:`_posterior_from_exps`).
+    """
+    if kernels:
+        from .fused import value_sweep
+
+        return value_sweep(full, n_s, lwr, norm, lws, lis_r, lis_s, lo, mode)
+    xp = bk.xp
+    stats = _complete_scores(bk, full, n_s, lwr, norm, lws, lis_r, lis_s, kernels=False)
+    cm = stats[0].max(axis=0)
+    cm_safe = np.where(np.isfinite(cm), cm, 0.0)
+    ref = cm_safe.astype(full.dtype)
+    row_sum, s_s = _exp_sums(bk, full, n_s, ref, lo, kernels=False)
+    if mode == 2:
+        f3 = full.reshape(full.shape[0], len(ref), n_s)
+        xp.subtract(f3, xp.asarray(ref)[None, :, None], out=f3)
+        xp.exp(f3, out=f3)
+    return stats, (row_sum, s_s), (row_sum, np.broadcast_to(ref, row_sum.shape))
+
+
+def _posterior_from_exps(bk: Backend, full: Any, n_s: int, rows: tuple[Any, Any],
+                         log_l: NDArray, kernels: bool) -> Any:
+    """Exponentials written by :func:`_value_sweep` (mode 2) -> posterior ``exp(score -
+    log_l[b])`` in place (one multiplication per term); returns ``sum_s`` (n_c, G)."""
+    if kernels:
+        from .fused import posterior_from_exps
+
+        return posterior_from_exps(full, n_s, rows[0], rows[1], log_l)
+    xp = bk.xp
+    row_sum, row_ref = rows
+    with np.errstate(invalid="ignore"):
+        scale = np.exp(np.asarray(row_ref, np.float64) - np.asarray(log_l, np.float64)[None, :])
+    scale = np.where(np.isfinite(scale), scale, 0.0)
+    f3 = full.reshape(full.shape[0], scale.shape[1], n_s)
+    f3[...] = (f3.astype(np.float64) * xp.asarray(scale)[:, :, None]).astype(full.dtype)
+    return (np.asarray(row_sum) * scale).astype(full.dtype)

@@ -12,7 +12,7 @@ Gaussian noise model, dtype helpers and a float64 log-sum-exp.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -240,6 +240,12 @@ class LikelihoodResult:
         posterior entered the gradient; rotations where the posterior of every image of a
         group underflows to 0 in the working precision are skipped (their terms are exact
         zeros), so this is at most ``n_evaluated``.  None without gradient.
+    timings : wall seconds per phase of the evaluation, filled by the host engine
+        (:meth:`MarginalLikelihood.evaluate`): ``"slicing_s"`` (projection slices,
+        interpolation), ``"scores_s"`` (score GEMMs and the small-group score kernels),
+        ``"sweeps_s"`` (exponential sums, posteriors, marginals), ``"gradient_s"`` (gradient
+        rows, back-projection and the adjoint to the 3D Fourier grid), ``"other_s"`` (the rest);
+        empty when the engine does not measure them.
     """
 
     log_likelihood: NDArray
@@ -253,6 +259,7 @@ class LikelihoodResult:
     quadrature: Quadrature
     gradient: Any = None
     n_gradient: NDArray | None = None
+    timings: dict[str, float] = field(default_factory=dict)
 
     @property
     def posterior_directions(self) -> NDArray:
