@@ -624,6 +624,13 @@ def report(result: dict) -> None:
     print("RESULT " + " ".join(tokens))
 
 
+def _set_work(work: Path, seed: int) -> None:
+    """Use ``work`` as the work folder and ``seed`` for the data (an independent set, e.g.
+    issue 14's: ``--snr 0.04 --seed 1 --work /tmp/set04 --only-data``)."""
+    global WORK, SEED
+    WORK, SEED = Path(work), int(seed)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command line (see the module docstring)."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks.honest_resolution",
@@ -635,7 +642,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--remake-data", action="store_true", help="remake the cached data")
     parser.add_argument("--only-data", action="store_true",
                         help="make and check the data (CTF convention, known poses); no runs")
+    parser.add_argument("--seed", type=int, default=SEED,
+                        help=f"seed of poses, origins, CTFs (noise: seed + 1) ({SEED})")
+    parser.add_argument("--work", type=Path, default=WORK,
+                        help="work folder (benchmarks/results/honest_resolution)")
     args = parser.parse_args(argv)
+    _set_work(args.work, args.seed)
     report(run(tuple(args.minutes), n=args.n, snr=args.snr, remake_data=args.remake_data,
                only_data=args.only_data))
     return 0

@@ -47,6 +47,16 @@ def _exhaustive(obj, vol, images, sigma):
     return lik.evaluate(vft, prep), lik, prep, vft
 
 
+@pytest.fixture(autouse=True)
+def _local_subsets_stay_local(monkeypatch):
+    """The tests exercise the local search itself: no subset is widened to the whole grid
+    (the dense switch has its own test) and the coarse-to-fine search is not gated by size."""
+    import cryonb.final_poses as fp
+
+    monkeypatch.setattr(fp, "DENSE_FRACTION", 1.0)
+    monkeypatch.setattr(fp, "COARSE_MIN_RATIO", 0.0)
+
+
 @pytest.mark.parametrize("record_at", [W_COARSE, W_FINE], ids=["coarser-grid", "same-grid"])
 def test_noiseless_final_poses_equal_the_exhaustive_map(grid_problem, record_at):
     """After an exhaustive posterior was recorded (on a coarser grid, as after a band-limit
@@ -208,3 +218,31 @@ def test_never_visited_particles_are_found_coarse_to_fine(grid_problem, monkeypa
     # a coarse grid spacing onto the fine grid, is a few per cent of it (as after a coarser
     # record in the test above); 10 % is still far below the whole grid
     assert half.fraction_evaluated < 0.10
+
+
+def test_wide_subsets_are_scored_on_the_whole_grid(grid_problem, monkeypatch):
+    """A subset above DENSE_FRACTION of the grid is replaced by the whole grid (the dense path
+    is faster there); below it the subset stays; with broad records on a grid under
+    COARSE_MIN_RATIO times the coarse one the pass is exhaustive."""
+    import cryonb.final_poses as fp
+
+    vol, images, quad, model, _ = grid_problem
+    sampler = ImportanceSampler(N_IMG, ISSchedule.constant(0.05))
+    obj = _objective(images, 1.0, sampler)
+    obj.set_band_limit(W_FINE)
+    exact, *_ = _exhaustive(obj, vol, images, 1.0)
+    sampler.update(np.arange(N_IMG), None, exact, 0)  # T = 1, same grid: compact subsets
+    local = fp.LocalSearch(sampler, 0.99).sample(np.arange(N_IMG), quad, 0, None)
+    sizes = np.array([sub.n_points for sub in local])
+    assert np.all(sizes < quad.size)
+    monkeypatch.setattr(fp, "DENSE_FRACTION", float(np.median(sizes)) / quad.size)
+    mixed = fp.LocalSearch(sampler, 0.99).sample(np.arange(N_IMG), quad, 0, None)
+    for sub, size in zip(mixed, sizes, strict=True):
+        assert sub.n_points == (quad.size if size > np.median(sizes) else size)
+    # broad (never visited) records and no room for coarse-to-fine: exhaustive, exact MAP
+    monkeypatch.setattr(fp, "COARSE_MIN_RATIO", 1e9)
+    fresh = _objective(images, 1.0, ImportanceSampler(N_IMG, ISSchedule.constant(0.05)))
+    fresh.set_band_limit(W_FINE)
+    (half,) = final_poses([(fresh, vol, fresh.dataset)], model, progress=False)
+    np.testing.assert_array_equal(half.n_evaluated, quad.size)
+    np.testing.assert_array_equal(half.indices[:, 0], exact.map_direction)
