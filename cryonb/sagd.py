@@ -17,9 +17,13 @@ Update (Eqs. 7-8), with ``V`` the real-space density ``(N, N, N)``::
   the band limit changes);
 * ``eps = max(eps_min, 2^(1 - floor(it / eps_halving)))`` (the paper: 1/16 and 150);
 * frequency marching: the band limit ``w`` starts at ``start_max_freq_invA`` (1/40 Å^-1) and
-  grows by ``freq_step_invA`` every ``iterations_per_stage`` iterations up to the target
-  (:class:`cryonb.band_limit.BandLimitSchedule`, the solver's :attr:`SAGDSolver.band_limits`);
-* positivity by truncation after each step.
+  grows by ``freq_step_invA`` up to the target (:class:`cryonb.band_limit.BandLimitSchedule`,
+  the solver's :attr:`SAGDSolver.band_limits`): every ``iterations_per_stage`` iterations, or
+  when the ``stage_policy`` (:class:`cryonb.marching.StagePolicy`) says a stage is over;
+* positivity by truncation after each step;
+* every record carries the seconds of each phase of its iteration (:mod:`cryonb.profiling`).
+
+Parameters and the learning-rate clock: :mod:`cryonb.sagd_params` (re-exported here).
 """
 
 from __future__ import annotations
