@@ -173,7 +173,8 @@ class AbInitioConfig:
     def sagd_params(self, n_images: int, schedule: BandLimitSchedule) -> SAGDParams:
         """The solver's parameters for ``n_images`` images and the band limits ``schedule``:
         a first stage of ``first_stage_images`` images and a :class:`StagePolicy` without a
-        budget (:meth:`stage_policy` sets the budgets of each phase)."""
+        budget (:class:`cryonb.abinitio.AbInitioRun` gives the common phase and each half
+        their budgets)."""
         from .marching import StagePolicy
         from .sagd import SAGDParams
 

@@ -38,13 +38,18 @@ class LocalSearch:
 
     sampler: Any
     mass: float = 0.999
+    known: dict[int, PoseSubset] | None = None  # subsets computed already, by particle
 
     def sample(self, particle_ids: NDArray, quadrature: Quadrature, iteration: int,
                rng: np.random.Generator) -> list[PoseSubset]:
         """The local subsets (``iteration`` and ``rng`` are not used: nothing is drawn); a
         subset of more than :data:`DENSE_FRACTION` of the grid is replaced by the whole grid,
         which the engine's dense path scores faster (and the MAP pose is then exhaustive)."""
-        subsets = self.sampler.local_subsets(particle_ids, quadrature, self.mass)
+        ids = np.asarray(particle_ids, dtype=np.int64)
+        if self.known is not None and all(int(i) in self.known for i in ids):
+            subsets = [self.known[int(i)] for i in ids]
+        else:
+            subsets = self.sampler.local_subsets(ids, quadrature, self.mass)
         limit = DENSE_FRACTION * quadrature.size
         full = PoseSubset.full(quadrature)
         return [full if sub.n_points > limit else sub for sub in subsets]
@@ -137,15 +142,18 @@ def batch_order(directions: NDArray, batch_size: int) -> NDArray:
 
 
 def _centres(sampler: Any, quadrature: Quadrature, mass: float, batch_size: int,
-             n: int) -> NDArray:
+             n: int) -> tuple[NDArray, dict[int, PoseSubset]]:
     """(n, 3) mean direction of each particle's local subset: near a direction for a compact
-    subset, short for a broad or multimodal one (those are batched last, by :func:`batch_order`)."""
+    subset, short for a broad or multimodal one (those are batched last, by :func:`batch_order`);
+    and the subsets themselves, by particle (the pass scores them without recomputing)."""
     out = np.zeros((n, 3))
+    subsets: dict[int, PoseSubset] = {}
     for start in range(0, n, batch_size):
         ids = np.arange(start, min(n, start + batch_size))
         for b, sub in zip(ids, sampler.local_subsets(ids, quadrature, mass), strict=True):
             out[b] = quadrature.directions[sub.directions].mean(axis=0)
-    return out
+            subsets[int(b)] = sub
+    return out, subsets
 
 
 #: a local subset above this fraction of the grid is scored as the whole grid: the engine's
@@ -229,8 +237,9 @@ def _one_half(objective: Any, volume: NDArray, dataset: Dataset, model: ImageMod
             guide = (_coarse_to_fine(objective, volume, n, mass, batch_size, bar)
                      if quadrature.size >= COARSE_MIN_RATIO * coarse.size else None)
         if guide is not None:
-            order = batch_order(_centres(guide, quadrature, mass, batch_size, n), batch_size)
-            objective.sampler = LocalSearch(guide, mass)
+            centres, subsets = _centres(guide, quadrature, mass, batch_size, n)
+            order = batch_order(centres, batch_size)
+            objective.sampler = LocalSearch(guide, mass, subsets)
         else:  # broad records on a grid too small for coarse-to-fine: exhaustive
             objective.sampler = None
     batches = [order[k: k + batch_size] for k in range(0, n, batch_size)]

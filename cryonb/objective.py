@@ -303,10 +303,8 @@ def _engine_times(result: Any, total_s: float) -> dict[str, float]:
     from .profiling import ENGINE_PHASES
 
     own = getattr(result, "timings", None) or {}
-    times = {"fft3d": float(own.get("fft3d_s", 0.0))}
-    for key, phase in ENGINE_PHASES.items():
-        if phase != "engine":
-            times[phase] = times.get(phase, 0.0) + float(own.get(key, 0.0))
+    times = {phase: float(own.get(key, 0.0)) for key, phase in ENGINE_PHASES.items()
+             if phase != "engine"}
     times["engine"] = max(0.0, total_s - sum(times.values()))
     return times
 
