@@ -171,7 +171,8 @@ def _parse_time_v(text: str) -> tuple[float, float, float]:
     return wall, cpu, (int(match.group(1)) / 1024 if match else float("nan"))
 
 
-def score_map(volume: np.ndarray, truth: np.ndarray, max_freq_invA: float | None) -> dict:
+def score_map(volume: np.ndarray, truth: np.ndarray, max_freq_invA: float | None,
+              pixel_size_A: float = PSIZE) -> dict:
     """Score ``volume`` against the truth with :func:`cryonb.metrics.score_against_reference`
     (aligned, both hands; FSC 0.5 capped at ``max_freq_invA``, the band limit the map was fitted
     to, 1/Å), after Fourier padding to the truth's box if needed."""
@@ -181,7 +182,7 @@ def score_map(volume: np.ndarray, truth: np.ndarray, max_freq_invA: float | None
     vol = np.asarray(volume, dtype=np.float64)
     if vol.shape[0] != truth.shape[0]:
         vol = fourier_pad(vol, truth.shape[0], ndim=3)
-    score = score_against_reference(vol, truth, PSIZE, max_freq_invA=max_freq_invA)
+    score = score_against_reference(vol, truth, pixel_size_A, max_freq_invA=max_freq_invA)
     return {"fitted_invA": None if max_freq_invA is None else round(float(max_freq_invA), 6),
             "fitted_A": inverse(max_freq_invA),
             "res05": score.resolution.to_dict(),
@@ -216,10 +217,11 @@ def _first_time_at(rows: list[dict], resolution_A: float | None) -> float | None
 
 
 # ----------------------------------------------------------------------------- steps
-def simulate(out: Path, n: int) -> None:
+def simulate(out: Path, n: int, box: int = BOX, pixel_size_A: float = PSIZE,
+             snr: float = SNR) -> None:
     cryonb = shutil.which("cryonb") or str(Path(sys.executable).with_name("cryonb"))
-    subprocess.run([cryonb, "simulate", "--n", str(n), "--box", str(BOX), "--pixel-size",
-                    str(PSIZE), "--snr", str(SNR), "--out", str(out), "--no-progress"],
+    subprocess.run([cryonb, "simulate", "--n", str(n), "--box", str(box), "--pixel-size",
+                    str(pixel_size_A), "--snr", str(snr), "--out", str(out), "--no-progress"],
                    check=True, capture_output=True)
     import starfile
 
@@ -347,13 +349,21 @@ def score_relion(out: Path, cmd: list[str], schedule, timing: dict, truth: np.nd
             "t_to_final_res05_s": _first_time_at(rows, final["res05"]["value_A"])}
 
 
-def run_cryonb(data: Path, out: Path, box: int, stage_iterations: int, minutes: float,
-               snapshot_s: float, truth: np.ndarray) -> dict:
+def run_cryonb(data: Path, out: Path, box: int | None, stage_iterations: int | None,
+               minutes: float, snapshot_s: float, truth: np.ndarray, *,
+               config: dict | None = None, pixel_size_A: float = PSIZE,
+               thresholds=THRESHOLDS_A) -> dict:
+    """cryonb in a child process with map snapshots, every snapshot scored against the truth.
+
+    ``config``: the AbInitioConfig fields to set (default: this benchmark's, box ``box``,
+    ``stage_iterations`` per stage); ``time_limit_min`` is always ``minutes``.
+    """
     out.mkdir(parents=True, exist_ok=True)
+    if config is None:
+        config = {"box_size": box, "particle_radius_A": 90.0, "shift_sigma_A": 8.4,
+                  "shift_extent_A": 20.0, "iterations_per_stage": stage_iterations, "seed": 0}
     spec = {"data": str(data), "out": str(out), "snapshot_s": snapshot_s,
-            "config": {"box_size": box, "time_limit_min": minutes, "particle_radius_A": 90.0,
-                       "shift_sigma_A": 8.4, "shift_extent_A": 20.0,
-                       "iterations_per_stage": stage_iterations, "seed": 0}}
+            "config": {**config, "time_limit_min": minutes}}
     (out / "spec.json").write_text(json.dumps(spec))
     wall, cpu, peak, _ = _time_v([sys.executable, "-m", "benchmarks.abinitio", "--worker",
                                   str(out / "spec.json")], ROOT, out / "stdout.txt",
@@ -370,13 +380,13 @@ def run_cryonb(data: Path, out: Path, box: int, stage_iterations: int, minutes: 
         if str(phase) == "final" and final_w is not None:
             w = float(final_w)
         rows.append({"t_s": round(float(t), 1), "iteration": int(it), "phase": str(phase),
-                     **score_map(vol, truth, w)})
+                     **score_map(vol, truth, w, pixel_size_A)})
     worker = json.loads((out / "worker.json").read_text())
     return {"config": spec["config"], "wall_s": round(wall, 1), "cpu_s": round(cpu),
             "peak_mb": round(peak), "final_max_freq_invA": final_w,
             "snapshots": rows, "final": rows[-1], "summary": worker["summary"],
             "solver_s": round(worker["solver_s"], 1), "map_ready_s": round(worker["loop_end_s"], 1),
-            "time_to_resolution": time_to_resolution(rows)}
+            "time_to_resolution": time_to_resolution(rows, thresholds)}
 
 
 def _fitted_band_limit(run, record) -> float | None:
@@ -663,10 +673,18 @@ def report(result: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.abinitio",
                                      description=__doc__.strip().splitlines()[0])
-    parser.add_argument("--mode", choices=sorted(RELION_SCHEDULE), default="full",
+    parser.add_argument("--mode", choices=[*sorted(RELION_SCHEDULE), "box128"],
+                        default="full",
                         help="full (RELION 75 iterations to 15 Å, hours here), short "
-                        "(8 iterations to 20 Å, about 2 x 30 min) or quick (1,000 particles, "
-                        "smoke test)")
+                        "(8 iterations to 20 Å, about 2 x 30 min), quick (1,000 particles, "
+                        "smoke test) or box128 (the paper's 128 px / 2.8 Å GroEL set, cryonb "
+                        "against its true-pose limit, time to resolution: "
+                        "benchmarks/abinitio_box128.py)")
+    parser.add_argument("--n", type=int, default=None,
+                        help="box128: number of particles (10,000)")
+    parser.add_argument("--reuse-data", action="store_true",
+                        help="box128: keep the simulated data (and the true-pose map) of an "
+                        "earlier run")
     parser.add_argument("--keep", action="store_true", help="keep the stacks and all maps")
     parser.add_argument("--relion-timeout", type=float, default=None, metavar="MIN",
                         help="stop RELION after MIN minutes and score the last map it wrote")
@@ -682,6 +700,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.worker:
         return _worker(args.worker)
+    if args.mode == "box128":
+        from benchmarks import abinitio_box128
+
+        return abinitio_box128.main(args.cryonb_minutes, args.n, args.reuse_data)
     report(run(mode=args.mode, keep=args.keep, relion_timeout_min=args.relion_timeout,
                reuse=args.reuse_relion, relion_only=args.relion_only,
                cryonb_minutes=args.cryonb_minutes))

@@ -36,14 +36,14 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from .config import BUDGET_OPTIONS, AbInitioConfig, is_schedule_for
+from .config import BUDGET_OPTIONS, AbInitioConfig, is_schedule_for, upgrade_saved
 from .dataset import Dataset
 from .diagnostics import box_for_resolution, estimate_mass, estimate_particle_radius
 from .fourier import lowpass
 from .importance import ImportanceSampler
 from .io.errors import input_error
 from .objective import MarginalObjective
-from .priors import ExponentialPrior
+from .priors import describe_prior, make_prior, particle_mean_density
 from .profiling import profile_table
 from .run_folder import RunFolder, finite, summary_lines
 from .sagd import SAGDSolver, random_spheres
@@ -119,9 +119,13 @@ class AbInitioRun:
                                  "--particle-radius to choose)")
         self.qopts = cfg.quadrature_options(ds.box_size, ds.pixel_size_A,
                                             self.particle_radius_A)
-        self.prior = None
-        if cfg.prior_rate is not None:
-            self.prior = ExponentialPrior(cfg.prior_rate)
+        # the prior's density scale: the images' mass over the particle's volume (priors.py)
+        scale = cfg.prior_scale
+        if scale is None and cfg.prior != "none":
+            scale = particle_mean_density(self.mass, self.particle_radius_A, ds.pixel_size_A)
+            self.messages.append(f"{cfg.prior} prior of density scale {scale:.4g} (the images' "
+                                 "mass over the particle's volume; --prior-scale to choose)")
+        self.prior = make_prior(cfg.prior, scale)
 
     def _objective(self, dataset: Dataset, rng: np.random.Generator) -> MarginalObjective:
         sampler = ImportanceSampler(len(dataset), self.config.is_schedule(),
@@ -345,11 +349,25 @@ class AbInitioRun:
         from tqdm.auto import tqdm
 
         t_last = time.monotonic()
-        bar = tqdm(desc="ab initio", unit="it", disable=not self.progress)
+        total, done = self._progress()
+        timed = self.config.time_limit_min is not None  # total: the budget, s; ETA from it
+        bar = tqdm(desc="ab initio", unit="s" if timed else "it", total=total, initial=done,
+                   disable=not self.progress, bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} s "
+                   "[{elapsed}<{remaining}{postfix}]" if timed else None)
         try:
             self._iterate(bar, t_last)
         finally:
             bar.close()
+
+    def _progress(self) -> tuple[float | None, float]:
+        """The progress bar's total and position: the time budget and the solver time used
+        (s) under ``time_limit_min``, else the iteration budget (None without one) and the
+        iterations done, counted as :meth:`_budget_exhausted` counts them."""
+        if self.config.time_limit_min is not None:
+            budget_s = 60.0 * self.config.time_limit_min
+            return int(budget_s) if budget_s.is_integer() else budget_s, int(self._elapsed_s())
+        done = self.common.iteration + sum(h.solver.iteration for h in self.halves) // 2
+        return self.config.max_iterations, done
 
     def _iterate(self, bar: Any, t_last: float) -> None:
         while not self._stop and not self._finished():
@@ -374,7 +392,7 @@ class AbInitioRun:
                         h.solver.step()
             solver = self.common if self.phase == "common" else self.halves[0].solver
             last = solver.state.records[-1] if solver.state.records else None
-            bar.update(1)
+            bar.update(self._progress()[1] - bar.n)
             if last is not None:
                 bar.set_postfix(phase=self.phase, res=f"{1 / last['max_freq_invA']:.1f}Å",
                                 nll=f"{last['objective']:.4g}",
@@ -401,7 +419,7 @@ class AbInitioRun:
     def _check_resume(self, state: dict[str, Any]) -> None:
         """Refuse a resume whose options change the job; keep the saved schedule when only the
         budget changed (and say so in :attr:`messages`)."""
-        saved = json.loads(str(state["config"]))
+        saved = upgrade_saved(json.loads(str(state["config"])))
         current = self.config.as_json()
         differ, changed = self.config.resume_differences(saved)
         if differ:
@@ -458,7 +476,7 @@ class AbInitioRun:
         out.write_map("sagd_half1", sagd[0], psize)
         out.write_map("sagd_half2", sagd[1], psize)
         final = (sagd[0] + sagd[1]) / 2
-        out.write_map("map", final, psize)
+        out.write_final_map(final, psize, self.dataset.box_size, self.dataset.pixel_size_A)
         # above the band limit the halves have fitted, their content is made by positivity
         # from what lies below it (no data were fitted there): every FSC stops at that limit
         fitted = self.fitted_band_limit_invA()
@@ -476,6 +494,8 @@ class AbInitioRun:
         labels = ["half-maps" if reason is None else "half-maps (not independent)"]
         summary: dict[str, Any] = {
             "status": "done", "n_particles": len(ds), "box_size": ds.box_size,
+            "mode": "ab initio", "input_box_size": self.dataset.box_size,
+            "input_pixel_size_A": self.dataset.pixel_size_A,
             "pixel_size_A": psize, "particle_radius_A": self.particle_radius_A,
             "half_map_resolution_A_0143": None if reason else finite(resolution.value_A),
             "half_map_resolution": None if reason else resolution.to_dict(),
@@ -490,6 +510,7 @@ class AbInitioRun:
             "wall_time_s": self._elapsed_s(),
             "final_poses_s": self.final_poses_s,
             "messages": list(self.messages),
+            "prior": describe_prior(self.prior),
         }
         if ds.truth is not None and ds.truth.volume is not None:
             score = score_against_reference(final, ds.truth.volume, psize, max_freq_invA=cap)
@@ -511,6 +532,8 @@ class AbInitioRun:
         out.write_history([("common", self.common)] + [(h.name, h.solver) for h in self.halves])
         out.write_star(self.dataset, rotations, shifts, self.half_labels)
         out.write_summary(summary, asdict(self.config))
+        out.write_chimerax()
+        out.write_report(summary)
         return summary
 
     def _no_gold_standard(self, fitted: float | None, resolution: Any) -> str | None:

@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     from .band_limit import BandLimitSchedule
-    from .importance import ISSchedule
+    from .is_schedule import ISSchedule
     from .objective import QuadratureOptions
     from .sagd import SAGDParams
 
-__all__ = ["BUDGET_OPTIONS", "AbInitioConfig", "is_schedule_for"]
+__all__ = ["BUDGET_OPTIONS", "AbInitioConfig", "is_schedule_for", "upgrade_saved"]
 
 #: Options whose change between a run and its resume only changes the budget, not the job.
 BUDGET_OPTIONS = ("checkpoint_every_s", "time_limit_min", "max_iterations")
@@ -76,8 +76,22 @@ class AbInitioConfig:
         Largest origin searched, Å.
     ess_scale : float
         Importance-sampling draws per effective sample (paper: 10).
-    prior_rate : float or None
-        Rate of the exponential prior on the density, per unit density (None: no prior).
+    is_cooling : float
+        How much faster than the reference's schedule (compressed to ``iterations_per_stage``)
+        the importance-sampling proposal cools: its uniform share ``alpha`` decays and its
+        temperature ``T`` falls this many times faster (:func:`is_schedule_for`).  Default 1
+        (the reference's shape): with 3 (T ~1.5 at 1/26 Å⁻¹) the only runs made so far
+        ended worse (10k GroEL at 64 px, 10 min: FSC 0.5 vs truth 33.6 Å against
+        "better than 27.6 Å" with 1; 128 px, 50 min: stuck at 36 Å), so it stays an option.
+    prior : str
+        Prior on the density, p(V) in Eq. 5: "exponential" (the paper's, an L1 penalty),
+        "gaussian" (zero mean, an L2 penalty) or "none" (maximum likelihood with positivity);
+        see :mod:`cryonb.priors`.
+    prior_scale : float or None
+        The prior's density scale, the mean density inside the particle in the units of the
+        normalised images' map: exponential rate 1 / scale, Gaussian sigma scale * sqrt(pi / 2)
+        (None: the images' mass over the particle's volume,
+        :func:`cryonb.priors.estimate_density_scale`).
     checkpoint_every_s : float
         Time between checkpoints, s.
     common_fraction : float
@@ -111,7 +125,9 @@ class AbInitioConfig:
     shift_sigma_A: float = 10.0
     shift_extent_A: float = 30.0
     ess_scale: float = 10.0
-    prior_rate: float | None = None
+    is_cooling: float = 1.0
+    prior: Literal["none", "exponential", "gaussian"] = "exponential"
+    prior_scale: float | None = None
     checkpoint_every_s: float = 120.0
     common_fraction: float = 1.0 / 3.0
     min_fitted_iterations: int = 10
@@ -124,6 +140,11 @@ class AbInitioConfig:
             raise ValueError("min_fitted_iterations must be >= 1")
         if self.backend not in ("numpy", "cupy"):
             raise ValueError(f"backend must be 'numpy' or 'cupy', got {self.backend!r}")
+        if self.prior not in ("none", "exponential", "gaussian"):
+            raise ValueError("prior must be 'none', 'exponential' or 'gaussian', got "
+                             f"{self.prior!r}")
+        if self.prior_scale is not None and not self.prior_scale > 0:
+            raise ValueError(f"prior_scale must be positive, got {self.prior_scale}")
 
     # ------------------------------------------------------------------ checks
     def check_backend(self) -> str:
@@ -145,6 +166,7 @@ class AbInitioConfig:
         changed)``; the checkpoint interval is never reported."""
         defaults = {f.name: f.default for f in fields(self)}
         current = self.as_json()
+        saved = upgrade_saved(saved)
         old = {k: saved.get(k, defaults.get(k)) for k in current}
         differ = sorted(k for k in current if k not in BUDGET_OPTIONS and old[k] != current[k])
         changed = [k for k in BUDGET_OPTIONS if old[k] != current[k] and k != "checkpoint_every_s"]
@@ -206,16 +228,41 @@ class AbInitioConfig:
 
     def is_schedule(self) -> ISSchedule:
         """The importance-sampling schedule (:func:`is_schedule_for` the stage length)."""
-        return is_schedule_for(self.iterations_per_stage)
+        return is_schedule_for(self.iterations_per_stage, self.is_cooling)
 
 
-def is_schedule_for(iterations_per_stage: int) -> ISSchedule:
-    """The reference's IS schedule, compressed in time by ``iterations_per_stage / 150``."""
-    from .importance import ISSchedule
+def upgrade_saved(saved: dict[str, Any]) -> dict[str, Any]:
+    """A configuration saved by an older cryonb (``run.json``, checkpoints) in today's fields.
 
+    Before ``prior`` there was ``prior_rate`` (None: no prior; a rate: the exponential prior
+    of density scale ``1 / rate``).  Other fields are returned as they are.
+    """
+    if "prior" in saved or "prior_rate" not in saved:
+        return dict(saved)
+    new = {k: v for k, v in saved.items() if k != "prior_rate"}
+    rate = saved["prior_rate"]
+    new["prior"] = "none" if rate is None else "exponential"
+    new["prior_scale"] = None if rate is None else 1.0 / float(rate)
+    return new
+
+
+def is_schedule_for(iterations_per_stage: int, cooling: float = 1.0) -> ISSchedule:
+    """The reference's IS schedule, compressed in time by ``iterations_per_stage / 150`` and
+    cooled ``cooling`` times faster (alpha's decay rate times ``cooling``, the temperature's
+    scale and both delays over ``cooling``; the chirality flip's end is kept).
+
+    With a :class:`~cryonb.marching.StagePolicy` the schedule's clock advances
+    ``iterations_per_stage`` per band-limit step (:attr:`cryonb.sagd.SAGDSolver.sampling_clock`),
+    so the temperature is a function of the band limit.
+    """
+    from .is_schedule import ISSchedule
+
+    if cooling <= 0:
+        raise ValueError(f"cooling must be positive, got {cooling}")
     f = iterations_per_stage / 150.0
     ref = ISSchedule.reference()
-    return replace(ref, alpha_rate=ref.alpha_rate / f, alpha_delay=round(ref.alpha_delay * f),
-                   temperature_scale=ref.temperature_scale * f,
-                   temperature_delay=round(ref.temperature_delay * f),
+    return replace(ref, alpha_rate=ref.alpha_rate / f * cooling,
+                   alpha_delay=round(ref.alpha_delay * f / cooling),
+                   temperature_scale=ref.temperature_scale * f / cooling,
+                   temperature_delay=round(ref.temperature_delay * f / cooling),
                    chirality_flip_until=round(ref.chirality_flip_until * f))

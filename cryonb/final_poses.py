@@ -156,10 +156,11 @@ def _centres(sampler: Any, quadrature: Quadrature, mass: float, batch_size: int,
     return out, subsets
 
 
-#: a local subset above this fraction of the grid is scored as the whole grid: the engine's
-#: sparse path costs ~16 times the dense one per point (measured, 200 GroEL images at 26 Å,
-#: 1.4e6 poses, load 4-5: 8.4 % of the grid locally 16.2 s, 68 % 114 s, all of it densely
-#: 12.4 s), so the break-even lies near 6 %
+#: a local subset above this fraction of the grid is scored as the whole grid: without the
+#: gradient the engine's sparse path costs ~16 times the dense one per point (measured, 200
+#: GroEL images at 26 Å, 1.4e6 poses, load 4-5: 8.4 % of the grid locally 16.2 s, 68 % 114 s,
+#: all of it densely 12.4 s; with the gradient, in the solver, ``SPARSE_COST_RATIO``), so the
+#: break-even lies near 6 %, and the exact MAP over every point is worth a little time
 DENSE_FRACTION = 0.03
 #: the local search around the solver's last posteriors is used when it scores at most this
 #: fraction of the grid; otherwise (posteriors recorded hot, or never) the coarse-to-fine search

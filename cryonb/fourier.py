@@ -28,6 +28,7 @@ __all__ = [
     "crop_center",
     "fft2_centered",
     "fft3_centered",
+    "flip_hand",
     "fourier_crop",
     "fourier_indices",
     "fourier_pad",
@@ -220,7 +221,33 @@ def fourier_crop(x: Any, new_n: int, ndim: int = 2) -> Any:
 
 
 def fourier_pad(x: Any, new_n: int, ndim: int = 2) -> Any:
-    """Upsample real images or volumes by zero-padding their spectrum (inverse of crop)."""
+    """Upsample real images or volumes by zero-padding their spectrum (inverse of crop).
+
+    The pixel size shrinks by ``n / new_n``; values are scaled by ``(new_n / n)**ndim`` so that
+    real-space values (and the mean) are kept.  Every Fourier coefficient below the input's
+    Nyquist frequency keeps its physical frequency (1/Å) and its value: a map padded to the
+    images' box (``map_fullbox.mrc``) has the same FSC against a reference as the map itself,
+    shell for shell, and nothing above the input's Nyquist.
+
+    Exactly the right inverse of :func:`fourier_crop`: ``fourier_crop(fourier_pad(x, m), n)``
+    returns ``x`` for any ``x`` without content on an even box's unpaired Nyquist planes (odd
+    ``n``, or any output of :func:`fourier_crop`); those planes are zeroed first, as
+    :func:`fourier_crop` does.  It is also ``(new_n / n)**ndim`` times the adjoint of
+    :func:`fourier_crop` from ``new_n`` to ``n``.
+
+    Parameters
+    ----------
+    x : array, shape (..., n, n) for ``ndim=2`` or (..., n, n, n) for ``ndim=3``
+        Real images ``[..., y, x]`` or volumes ``[..., z, y, x]``.
+    new_n : int
+        The new box, px (``>= n``).
+    ndim : int
+        2 (images) or 3 (volumes).
+
+    Returns
+    -------
+    array, shape (..., new_n, ..., new_n), the dtype of ``x``
+    """
     n = x.shape[-1]
     if new_n == n:
         return x
@@ -229,6 +256,29 @@ def fourier_pad(x: Any, new_n: int, ndim: int = 2) -> Any:
     spec = _zero_unpaired_nyquist(fft(x), ndim)
     out = ifft(pad_center(spec, new_n, ndim)).real * (new_n / n) ** ndim
     return out.astype(x.dtype, copy=False)
+
+
+def flip_hand(volume: Any) -> Any:
+    """The mirror image of a volume along z about its centre: the other hand.
+
+    ``out(x, y, z) = volume(x, y, -z)`` with the origin at index ``N // 2`` on every axis (the
+    convention of this module), so the centre voxel stays in place and the mirror of a map
+    centred in its box is centred too.  On an even box the plane ``z = -N/2`` has no partner
+    and maps onto itself.  In Fourier space this is ``F(kx, ky, -kz)``.  The pixel size is
+    unchanged.  Applying it twice returns the input.
+
+    Parameters
+    ----------
+    volume : array, shape (..., N, N, N), indexed [z, y, x]
+
+    Returns
+    -------
+    array, same shape and dtype
+    """
+    xp = backend_of(volume).xp
+    n = volume.shape[-3]
+    out = xp.flip(volume, axis=-3)
+    return xp.roll(out, 1, axis=-3) if n % 2 == 0 else out
 
 
 def _zero_unpaired_nyquist(spec: Any, ndim: int) -> Any:

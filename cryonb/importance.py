@@ -32,7 +32,8 @@ term (not in the paper) is not implemented.
 State (memory per particle)
 ---------------------------
 Per particle and domain ``d`` (directions, in-plane angles, shifts) only the ``K_d`` largest
-entries of the annealed previous marginal are kept, each as an int32 index into the grid it was
+entries of the previous posterior marginal are kept (at T = 1: the annealing is applied when the
+next proposal is made, at that visit's temperature), each as an int32 index into the grid it was
 recorded on and a float32 log-probability, plus one float32 for the leftover mass (spread
 uniformly over the domain on the next visit), and one int16 naming that grid.  The arrays are
 allocated for ``K_d`` slots whether or not they are all used (a domain with fewer points, or
@@ -60,6 +61,7 @@ import numpy as np
 import scipy.sparse as sp
 from numpy.typing import ArrayLike, NDArray
 
+from .is_schedule import ISSchedule
 from .likelihood import LikelihoodResult, PoseSubset
 from .quadrature import Quadrature
 
@@ -73,78 +75,13 @@ __all__ = [
 
 _DOMAINS = ("directions", "inplane", "shifts")
 
-
-# ---------------------------------------------------------------------------------- schedules
-@dataclass(frozen=True)
-class ISSchedule:
-    """Mixing weight ``alpha_t`` and annealing temperature ``T_t`` of Eq. (14).
-
-    ``alpha_t = max(alpha_min, alpha_max 2^(-alpha_rate * u))`` with ``u = max(0, t - alpha_delay)``
-    (rounded down to a multiple of ``alpha_step`` if given) and
-    ``T_t = max(temperature_min, 2^(temperature_scale / max(1, t - temperature_delay)))``.
-    The chirality flip (directions ``d`` and ``-d``, in-plane ``psi`` and ``psi + pi`` treated
-    as one by the kernel) is on while ``t < chirality_flip_until``.
-
-    Use :meth:`reference` (the reference code's values, ALGORITHM.md 8.6), :meth:`paper` (the
-    paper's, as far as the text can be read) or :meth:`constant`.
-    """
-
-    alpha_min: float = 0.05
-    alpha_max: float = 1.0
-    alpha_rate: float = 0.005
-    alpha_delay: int = 50
-    alpha_step: int | None = None
-    temperature_min: float = 1.0
-    temperature_scale: float = 750.0
-    temperature_delay: int = 50
-    chirality_flip_until: int = 2500
-
-    @classmethod
-    def reference(cls) -> ISSchedule:
-        """``alpha = max(0.05, 2^(-0.005 max(0, t-50)))``, ``T = max(1, 2^(750 / max(1, t-50)))``.
-
-        alpha is 1 until iteration 50, 0.5 at 250, 0.05 from about 914; T is effectively
-        infinite before ~100, 32 at 200, 8 at 300, 2 at 800; chirality flip until 2500.
-        """
-        return cls()
-
-    @classmethod
-    def paper(cls) -> ISSchedule:
-        """The paper's reading ``alpha = max(0.05, 2^(-0.25 floor(t / 50)))`` and ``T >= 1.25``.
-
-        The OCR of the paper's temperature schedule is unreadable beyond its floor of 1.25;
-        the reference's shape (scale 750, delay 50) is used for the rest.
-        """
-        return cls(alpha_rate=0.005, alpha_delay=0, alpha_step=50, temperature_min=1.25)
-
-    @classmethod
-    def constant(cls, alpha: float, temperature: float = 1.0,
-                 chirality_flip: bool = False) -> ISSchedule:
-        """Fixed ``alpha`` and ``T`` (tests, notebooks)."""
-        return cls(alpha_min=alpha, alpha_max=alpha, alpha_rate=0.0,
-                   temperature_min=temperature, temperature_scale=0.0,
-                   chirality_flip_until=2**62 if chirality_flip else 0)
-
-    def alpha(self, iteration: int) -> float:
-        """Weight of the uniform component at ``iteration``."""
-        u = max(0, iteration - self.alpha_delay)
-        if self.alpha_step:
-            u = self.alpha_step * (u // self.alpha_step)
-        return float(max(self.alpha_min, self.alpha_max * 2.0 ** (-self.alpha_rate * u)))
-
-    def inverse_temperature(self, iteration: int) -> float:
-        """``1 / T`` (0 when T overflows; computing 1/T avoids the overflow)."""
-        expo = self.temperature_scale / max(1, iteration - self.temperature_delay)
-        return float(min(1.0 / self.temperature_min, 2.0 ** (-expo)))
-
-    def temperature(self, iteration: int) -> float:
-        """``T`` (may be ``inf``)."""
-        beta = self.inverse_temperature(iteration)
-        return float("inf") if beta == 0 else 1.0 / beta
-
-    def chirality_flip(self, iteration: int) -> bool:
-        """Whether the kernels identify mirror poses at ``iteration``."""
-        return iteration < self.chirality_flip_until
+#: per quadrature point, the host engine's sparse path (an image on its own pose subset) costs
+#: about this many times its dense path (images sharing the whole grid, by GEMMs), value and
+#: gradient: measured on 100 GroEL images at 26 Å (1.4e6 poses; subsets from T = 1 / 1.5
+#: records: 2.9 % / 5.6 % of the grid), dense 26.1 / 24.6 s, sparse 4.4 / 8.9 s: 5.8 and
+#: 6.5 times (load 6-8).  Above ``1 / SPARSE_COST_RATIO`` of the grid an image's sampled
+#: subset is dearer than the exact sum over every point.
+SPARSE_COST_RATIO = 8.0
 
 
 # ---------------------------------------------------------------------------------- primitives
@@ -217,11 +154,13 @@ def log_estimate(log_terms: ArrayLike, subset: PoseSubset) -> float:
 def _top_k(logp: NDArray, idx: NDArray, k: int) -> tuple[NDArray, NDArray, float]:
     """Keep the k most probable entries of a normalised sparse log-distribution.
 
-    Returns the indices, their log-probabilities and the dropped mass.
+    Returns the indices, their log-probabilities and the dropped mass (0 when nothing is
+    dropped: the rounding of ``1 - sum p`` would become a real mass once annealed).
     """
-    if idx.size > k:
-        part = np.argpartition(-logp, k - 1)[:k]
-        idx, logp = idx[part], logp[part]
+    if idx.size <= k:
+        return idx, logp, 0.0
+    part = np.argpartition(-logp, k - 1)[:k]
+    idx, logp = idx[part], logp[part]
     rest = float(max(0.0, 1.0 - np.exp(logp).sum()))
     return idx, logp, rest
 
@@ -248,6 +187,9 @@ class ImportanceSampler:
     kernel_cutoff : kernel values below this are dropped (neighbour lists)
     sample_directions, sample_inplane, sample_shifts : importance-sample this domain (else
         enumerate it)
+    dense_fraction : an image whose drawn subset would hold more than this fraction of the grid
+        gets every point instead (the exact sum: cheaper than the engine's sparse path above
+        ``1 / SPARSE_COST_RATIO``, and without variance); 1 disables the switch
 
     Attributes
     ----------
@@ -270,6 +212,7 @@ class ImportanceSampler:
         sample_directions: bool = True,
         sample_inplane: bool = True,
         sample_shifts: bool = True,
+        dense_fraction: float = 1.0 / SPARSE_COST_RATIO,
     ) -> None:
         if n_particles < 1:
             raise ValueError("n_particles must be positive")
@@ -281,6 +224,7 @@ class ImportanceSampler:
         self.fisher_pscale = float(fisher_pscale)
         self.shift_sigma_scale = float(shift_sigma_scale)
         self.kernel_cutoff = float(kernel_cutoff)
+        self.dense_fraction = float(dense_fraction)
         self.sample_domain = dict(zip(_DOMAINS, (sample_directions, sample_inplane,
                                                  sample_shifts), strict=True))
         self._quadratures: list[Quadrature] = []
@@ -336,6 +280,7 @@ class ImportanceSampler:
         """Dense proposals ``q`` of Eq. (14) for a batch: (B, Nd), (B, Ni), (B, Ns) per domain."""
         ids = np.asarray(particle_ids, dtype=np.int64).ravel()
         alpha = self.schedule.alpha(iteration)
+        beta = self.schedule.inverse_temperature(iteration)
         flip = self.schedule.chirality_flip(iteration)
         sizes = {"directions": quadrature.n_directions, "inplane": quadrature.n_inplane,
                  "shifts": quadrature.n_shifts}
@@ -345,20 +290,36 @@ class ImportanceSampler:
             rows = np.flatnonzero(qid == k)
             old = self._quadratures[k]
             for d in _DOMAINS:
-                smooth = self._smoothed(ids[rows], d, old, quadrature, flip)
+                smooth = self._smoothed(ids[rows], d, old, quadrature, flip, beta)
                 out[d][rows] = alpha / sizes[d] + (1.0 - alpha) * smooth
         for d in _DOMAINS:
             out[d] /= out[d].sum(axis=1, keepdims=True)
         return out
 
     def _smoothed(self, ids: NDArray, domain: str, old: Quadrature, new: Quadrature,
-                  flip: bool) -> NDArray:
-        """Kernel-diffused stored marginals on the new grid, (len(ids), |D_new|), rows sum to 1."""
+                  flip: bool, beta: float = 1.0) -> NDArray:
+        """Kernel-diffused stored marginals, annealed ``p^beta`` on the grid they were recorded
+        on, on the new grid: (len(ids), |D_new|), rows sum to 1.
+
+        The stored entries ``p_j`` become ``p_j^beta`` and the uniform remainder ``r`` (spread
+        over the ``m`` unstored points) ``m (r / m)^beta``, then each row is normalised: the
+        annealing of the whole recorded marginal, whatever its truncation.
+        """
         idx, logp, rest = self._idx[domain][ids], self._logp[domain][ids], self._rest[domain][ids]
         valid = idx >= 0
         rows = np.broadcast_to(np.arange(len(ids))[:, None], idx.shape)[valid]
         src = idx[valid]
-        prob = np.exp(logp[valid].astype(np.float64))
+        prob = np.exp(beta * logp[valid].astype(np.float64))
+        old_size = {"directions": old.n_directions, "inplane": old.n_inplane,
+                    "shifts": old.n_shifts}[domain]
+        m = np.maximum(old_size - valid.sum(axis=1), 1).astype(np.float64)
+        with np.errstate(divide="ignore"):
+            rest = m * np.exp(beta * (np.log(rest.astype(np.float64)) - np.log(m)))
+        if beta == 0.0:
+            rest = m  # T = infinity: every unstored point counts as much as a stored one
+        total = np.bincount(rows, weights=prob, minlength=len(ids)) + rest
+        prob = prob / total[rows]
+        rest = rest / total
         uniq, inv = np.unique(src, return_inverse=True)
         if domain == "directions":
             kern = new.direction_kernel(old.directions[uniq],
@@ -377,7 +338,7 @@ class ImportanceSampler:
         weights = sp.csr_matrix((prob, (rows, inv)), shape=(len(ids), len(uniq)))
         smooth = np.asarray((weights @ kern).todense())
         size = smooth.shape[1]
-        smooth += rest.astype(np.float64)[:, None] / size
+        smooth += rest[:, None] / size
         total = smooth.sum(axis=1, keepdims=True)
         return smooth / np.where(total > 0, total, 1.0)
 
@@ -400,6 +361,7 @@ class ImportanceSampler:
         ids = np.asarray(particle_ids, dtype=np.int64).ravel()
         props = self.proposals(ids, quadrature, iteration)
         subsets = []
+        full, n_full = PoseSubset.full(quadrature), 0
         ess = {d: [] for d in _DOMAINS}
         for b in range(len(ids)):
             draws = {}
@@ -412,6 +374,11 @@ class ImportanceSampler:
                     draws[d] = DomainSample(np.arange(size), np.zeros(size), size,
                                             float(size), True)
                 ess[d].append(draws[d].ess)
+            n_drawn = np.prod([draws[d].indices.size for d in _DOMAINS])
+            if n_drawn > self.dense_fraction * quadrature.size:
+                subsets.append(full)
+                n_full += 1
+                continue
             subsets.append(PoseSubset(
                 draws["directions"].indices, draws["inplane"].indices, draws["shifts"].indices,
                 draws["directions"].log_weights, draws["inplane"].log_weights,
@@ -421,6 +388,7 @@ class ImportanceSampler:
         self.history.append({
             "iteration": int(iteration), "fraction_evaluated": frac, "speedup": 1.0 / frac,
             "n_points": int(n_points.sum()), "alpha": self.schedule.alpha(iteration),
+            "fraction_exact": n_full / max(1, len(ids)),
             **{f"ess_{d}": float(np.mean(ess[d])) for d in _DOMAINS}})
         return subsets
 
@@ -454,19 +422,22 @@ class ImportanceSampler:
     # ------------------------------------------------------------------ recording
     def update(self, particle_ids: ArrayLike, subsets: list[PoseSubset] | None,
                result: LikelihoodResult, iteration: int) -> None:
-        """Record each particle's annealed posterior marginals for its next visit.
+        """Record each particle's posterior marginals for its next visit.
 
         For the evaluated points of each domain: ``v = log phi - log a`` (the posterior with
-        this domain's importance weights removed), annealed ``v / T`` at ``iteration``,
-        normalised, truncated to the ``K`` largest entries (the rest of the mass is kept as a
-        uniform remainder).  ``subsets=None`` means the exhaustive evaluation.
+        this domain's importance weights removed), normalised, truncated to the ``K`` largest
+        entries (the rest of the mass is kept as a uniform remainder).  ``subsets=None`` means
+        the exhaustive evaluation.  The record is the posterior itself (T = 1): the annealing
+        ``phi^(1/T)`` of Eq. (14) is applied when the proposal is made (:meth:`proposals`),
+        at the temperature of *that* visit, so a record made long ago (a particle is visited
+        once or twice in a short run) is not proposed at the hotter temperature it was made at.
+        ``iteration`` is kept for the signature (the record does not depend on it).
         """
         ids = np.asarray(particle_ids, dtype=np.int64).ravel()
         if len(ids) != len(result.log_likelihood):
             raise ValueError("particle_ids and result have different lengths")
         quad = result.quadrature
         k = self._quadrature_index(quad)
-        beta = self.schedule.inverse_temperature(iteration)
         marg = {"directions": result.log_marginal_directions,
                 "inplane": result.log_marginal_inplane, "shifts": result.log_marginal_shifts}
         for b, pid in enumerate(ids):
@@ -475,7 +446,7 @@ class ImportanceSampler:
                 idx = getattr(sub, d)
                 lis = getattr(sub, "log_is_" + d)
                 with np.errstate(invalid="ignore"):
-                    v = (marg[d][b, idx] - lis) * beta
+                    v = marg[d][b, idx] - lis
                 finite = np.isfinite(v)
                 idx, v = idx[finite], v[finite]
                 row_i, row_p = self._idx[d][pid], self._logp[d][pid]

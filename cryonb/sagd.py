@@ -84,7 +84,8 @@ def random_spheres(box_size: int, rng: np.random.Generator, *, n_spheres: int = 
 
 
 # --------------------------------------------------------------------------- the solver
-_RECORD_FIELDS = ("iteration", "clock", "stage", "max_freq_invA", "objective", "heldout_nll",
+_RECORD_FIELDS = ("iteration", "clock", "stage", "max_freq_invA", "objective", "prior",
+                  "heldout_nll",
                   "L", "eps", "step_size", "fraction_evaluated", "wall_time_s", "batch",
                   "t_iteration_s", *(field_name(p) for p in PHASES))
 
@@ -255,7 +256,9 @@ class SAGDSolver:
         ds = xr.Dataset(data, coords=coords)
         ds["max_freq_invA"].attrs["units"] = "1/Å"
         ds["wall_time_s"].attrs["units"] = "s"
-        ds["objective"].attrs["long_name"] = "minibatch mean negative log-likelihood per image"
+        ds["objective"].attrs["long_name"] = ("minibatch mean negative log-likelihood per image"
+                                              " + prior")
+        ds["prior"].attrs["long_name"] = "-log p(V) / n_train (the part of objective)"
         ds["heldout_nll"].attrs["long_name"] = "held-out mean negative log-likelihood per image"
         for name in ("t_iteration_s", *(field_name(p) for p in PHASES)):
             ds[name].attrs["units"] = "s"
@@ -348,6 +351,7 @@ class SAGDSolver:
             self._prefetch_next(it, order)
             value, grad, ev = self._value_and_grad(st.volume, indices, record=True)
             assert grad is not None and ev.grad is not None
+            prior_term = -self.prior.log_prob(st.volume) / self.n_train  # inside ``value``
             t1 = clock()
             for phase, seconds in ev.timings.items():
                 times[phase] = times.get(phase, 0.0) + seconds
@@ -392,7 +396,9 @@ class SAGDSolver:
         took = time.perf_counter() - t0
         st.elapsed_s += took
         record = {"iteration": it, "clock": it + p.iteration_offset, "stage": stage,
-                  "max_freq_invA": w, "objective": value, "heldout_nll": heldout, "L": st.L,
+                  "max_freq_invA": w, "objective": value,
+                  "prior": prior_term,
+                  "heldout_nll": heldout, "L": st.L,
                   "eps": eps, "step_size": eps / st.L,
                   "fraction_evaluated": ev.fraction_evaluated, "wall_time_s": st.elapsed_s,
                   "batch": batch, "t_iteration_s": took,
@@ -499,14 +505,17 @@ class SAGDSolver:
         self.initialize()
         self._stop_requested = False
         steps = 0
-        with tqdm(desc="SAGD", unit="it", disable=not progress,
-                  total=self.params.max_iterations, initial=self.iteration) as bar:
+        # a time budget alone: the bar counts solver seconds, so its ETA is the budget's end
+        timed = self.params.max_iterations is None and self.params.time_limit_s is not None
+        with tqdm(desc="SAGD", unit="s" if timed else "it", disable=not progress,
+                  total=self.params.time_limit_s if timed else self.params.max_iterations,
+                  initial=round(self.state.elapsed_s, 1) if timed else self.iteration) as bar:
             while not self.done and not self._stop_requested:
                 if max_steps is not None and steps >= max_steps:
                     break
                 record = self.step()
                 steps += 1
-                bar.update(1)
+                bar.update(round(self.state.elapsed_s, 1) - bar.n if timed else 1)
                 bar.set_postfix(w=f"1/{1 / record['max_freq_invA']:.1f}Å",
                                 nll=f"{record['objective']:.4g}",
                                 frac=f"{record['fraction_evaluated']:.2g}")

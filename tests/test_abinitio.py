@@ -227,7 +227,6 @@ def test_the_time_budget_caps_the_common_phase(tiny_set, tmp_path):
 
 def test_is_schedule_and_learning_rate_continue_across_the_split(tiny_set, tmp_path,
                                                                   monkeypatch):
-    from cryonb.abinitio import is_schedule_for
     from cryonb.objective import MarginalObjective
 
     seen = []
@@ -251,7 +250,7 @@ def test_is_schedule_and_learning_rate_continue_across_the_split(tiny_set, tmp_p
     # stage): the common run's last iteration is a stage into the first band limit, the
     # halves' first one starts the next band limit, which is the same time
     assert first in (last, last + 1), (last, first)
-    schedule = is_schedule_for(config.iterations_per_stage)
+    schedule = config.is_schedule()
     for name in ("alpha", "temperature"):
         f = getattr(schedule, name)
         before, at, after = f(last - 1), f(last), f(first)
@@ -482,3 +481,19 @@ def test_posteriors_of_the_run_equal_the_direct_sum(tiny_set, tmp_path):
     # float32 scores over ~200 Fourier pixels: agreement to 1e-5 of the log-likelihood's size
     np.testing.assert_allclose(result.log_likelihood, direct, rtol=1e-5,
                                atol=1e-5 * np.abs(direct).max())
+
+
+def test_is_cooling_runs_the_schedule_clock_faster():
+    """``is_schedule_for(n, c)`` at iteration t is the uncooled schedule at c t (alpha, T),
+    with the chirality flip's end kept; the default cooling is the config's."""
+    from cryonb.config import is_schedule_for
+
+    slow, fast = is_schedule_for(30), is_schedule_for(30, 2.5)  # delays 10 and 4: exact
+    for t in (12, 40, 100, 400):  # past the delays (where both clamp to their start)
+        assert fast.alpha(t) == pytest.approx(slow.alpha(2.5 * t), rel=1e-12)
+        assert fast.temperature(t) == pytest.approx(slow.temperature(2.5 * t), rel=1e-12)
+    assert fast.chirality_flip_until == slow.chirality_flip_until
+    default = AbInitioConfig().is_schedule()
+    assert default == is_schedule_for(30, AbInitioConfig().is_cooling)
+    with pytest.raises(ValueError, match="cooling"):
+        is_schedule_for(30, 0.0)

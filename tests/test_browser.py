@@ -13,8 +13,14 @@ Finally it fails if the page raised an uncaught JavaScript exception ("pageerror
 console message of type "error" while the notebook was open, other than the known, benign ones
 in ``KNOWN_PAGE_ERRORS`` / ``KNOWN_CONSOLE_ERRORS``; the messages are in the assertion text.
 
-Screenshots (the page after the run, and the first cell whose output has a slider) are saved
-in ``test-artefacts/browser/`` (or ``$CRYONB_ARTEFACTS/browser``).  The test is marked slow (it
+Where a notebook opens a run folder with ``RunViewer`` (notebook 02, which also watches its run
+with ``SolverDashboard``), it checks that the dashboard's iso-surface and panels drew, that each
+of the viewer's iso-surfaces drew, that choosing another pair of maps redraws the FSC panel and
+that the particle page slider brings new reprojections.
+
+Screenshots (the page after the run, the first cell whose output has a slider other than the
+live dashboard, and for notebook 02 the dashboard and the run viewer) are saved in
+``test-artefacts/browser/`` (or ``$CRYONB_ARTEFACTS/browser``).  The test is marked slow (it
 runs in the second stage of ``.ci/run``); set ``CRYONB_SKIP_BROWSER=1`` to skip it locally.
 """
 
@@ -228,6 +234,67 @@ def _image_sources(page) -> list[str]:
                                      "imgs => imgs.map(i => i.src.slice(-200))")
 
 
+def _code_cell(page, text: str):
+    """The notebook cell whose input contains ``text``."""
+    return page.locator(".jp-Notebook .jp-CodeCell", has=page.locator(
+        ".jp-InputArea", has_text=text)).first
+
+
+def _cell_images(cell) -> list[str]:
+    return cell.locator(".jp-OutputArea-output img").evaluate_all(
+        "imgs => imgs.map(i => i.src.slice(-200))")
+
+
+def _drive_run_viewer(page, stem: str) -> None:
+    """The dashboard and the run viewer of notebook 02: the dashboard's iso-surface and
+    panels drew; in the run viewer, every map's iso-surface drew (WebGL), the FSC panel
+    follows its pair selector and the particle page slider brings new reprojections.
+    Screenshots of both cells (``<stem>_dashboard.png``, ``<stem>_run_viewer.png``)."""
+    page.set_viewport_size({"width": 1400, "height": 2400})
+    dashboard = _code_cell(page, "SolverDashboard(run")
+    dashboard.scroll_into_view_if_needed()
+    assert dashboard.locator("canvas").count() >= 1, "the dashboard has no 3D canvas"
+    assert _drew_a_surface(dashboard.locator("canvas").first), \
+        "the dashboard's iso-surface is empty"
+    assert len(_cell_images(dashboard)) >= 5, "the dashboard's panels did not draw"
+    assert "ETA" in dashboard.inner_text() or "100 %" in dashboard.inner_text()
+    _screenshot_cell(page, dashboard, ARTEFACTS / f"{stem}_dashboard.png")
+
+    viewer = _code_cell(page, "RunViewer(")
+    viewer.scroll_into_view_if_needed()
+    canvases = viewer.locator("canvas")
+    assert canvases.count() >= 3, "the run viewer shows fewer than 3 iso-surfaces"
+    for i in range(3):  # map, half1, half2
+        assert _drew_a_surface(canvases.nth(i)), f"iso-surface {i} of the run viewer is empty"
+    # the FSC panel: another pair of maps -> a new FSC picture from the kernel
+    before = _cell_images(viewer)
+    select = viewer.locator(".widget-dropdown", has=page.locator(
+        ".widget-label", has_text="FSC of")).locator("select")
+    select.select_option(index=1)
+    _wait(lambda: _cell_images(viewer) != before, 120, "a new FSC after choosing its pair")
+    # the particle page slider: new particles beside their reprojections
+    before = _cell_images(viewer)
+    slider = viewer.locator(".widget-hslider", has=page.locator(".widget-label",
+                                                                has_text="page"))
+    handle = slider.first.locator(".noUi-handle").first
+    handle.scroll_into_view_if_needed()
+    handle.focus()
+    handle.press("ArrowRight")
+    _wait(lambda: _cell_images(viewer) != before, 120, "new reprojections after the slider")
+    _screenshot_cell(page, viewer, ARTEFACTS / f"{stem}_run_viewer.png")
+    page.set_viewport_size({"width": 1400, "height": 1000})
+
+
+def _screenshot_cell(page, cell, path: Path) -> None:
+    """A screenshot of ``cell`` whole: the viewport is made taller than the cell first (an
+    element screenshot outside the viewport comes out blank)."""
+    box = cell.bounding_box()
+    page.set_viewport_size({"width": 1400, "height": int(box["height"]) + 300 if box else 2400})
+    cell.scroll_into_view_if_needed()
+    time.sleep(1.0)
+    cell.screenshot(path=str(path))
+
+
 @pytest.mark.timeout(3600)
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
 def test_notebook_runs_in_jupyterlab(lab, browser, path, tmp_path):
@@ -301,9 +368,13 @@ def test_notebook_runs_in_jupyterlab(lab, browser, path, tmp_path):
                 handle.press("ArrowRight")
                 _wait(lambda: _image_sources(page) != sources, 120,
                       "a new picture from the kernel after moving the slider")
+            if "RunViewer(" in source:
+                _drive_run_viewer(page, path.stem)
             # the first cell whose output has a slider (the notebook's main view), alone
+            # (not the live dashboard of notebook 02: its own screenshot is taken above)
             cell = page.locator(".jp-Notebook .jp-Cell", has=page.locator(
-                ".jp-OutputArea-output .widget-slider")).first
+                ".jp-OutputArea-output .widget-slider"), has_not=page.locator(
+                ".jp-InputArea", has_text="SolverDashboard(")).first
             page.set_viewport_size({"width": 1400, "height": 2000})  # room for a tall view
             cell.scroll_into_view_if_needed()
             time.sleep(1.0)

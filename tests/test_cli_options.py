@@ -225,7 +225,9 @@ def test_round_trip_with_other_values():
     for f in dataclasses.fields(cls):
         if f.name in reconstruct.EXCLUDE:
             continue
-        value = _other_value(f.name, getattr(truth, f.name), reconstruct.CHOICES)
+        # the choices the parser offers (CHOICES, or the field's Literal type)
+        offered = {f.name: actions[f.name].choices} if actions[f.name].choices else {}
+        value = _other_value(f.name, getattr(truth, f.name), {**reconstruct.CHOICES, **offered})
         if value is None:  # an optional field left at None: give it a value of its type
             value = 12.5 if "float" in str(hints[f.name]) else 24
         values[f.name] = value
@@ -291,3 +293,44 @@ def test_simulate_options_follow_simulation_params():
     assert dataclass_from_args(SimulationParams, args) == SimulationParams(
         n_particles=20, snr=0.1, chunk_size=7, defocus_range_A=(5000.0, 9000.0))
     assert simulate.build_args(out="x", n_particles=5).n_particles == 5
+
+
+# --------------------------------------------------------------------------- full-box warning
+@pytest.mark.parametrize(("extra", "warned"), [((), True), (("--max-res", "20"), False),
+                                               (("--box", "64"), False)])
+def test_reconstruct_warns_on_stderr_before_a_full_large_box_run(tmp_path, capsys, monkeypatch,
+                                                                  extra, warned):
+    """Above 128 px without --box or --max-res: one note line on stderr, before the run."""
+    import numpy as np
+
+    import cryonb.abinitio
+    from cryonb.cli import main
+    from cryonb.synthetic.particles import SimulationParams, simulate_to_files
+
+    n, psize = reconstruct.LARGE_BOX + 8, 2.0
+    k = np.arange(n) - n // 2
+    z, y, x = np.meshgrid(k, k, k, indexing="ij")
+    blob = np.exp(-(x**2 + y**2 + (z / 2) ** 2) / (2 * 12.0**2)).astype(np.float32)
+    star = simulate_to_files(blob, psize, SimulationParams(n_particles=6, snr=1.0),
+                             np.random.default_rng(0), tmp_path / "data",
+                             progress=False).star_path
+    started = []
+
+    class NotRun:  # stands in for the job: the test is about what happens before it
+        def __init__(self, dataset, out_dir, config, **kwargs):
+            started.append(config)
+            self.messages = []
+
+        def run(self, resume=False):
+            return {"status": "interrupted"}
+
+    monkeypatch.setattr(cryonb.abinitio, "AbInitioRun", NotRun)
+    code = main(["reconstruct", str(star), "--out", str(tmp_path / "run"), "--no-progress",
+                 *extra])
+    assert code == 130 and len(started) == 1
+    notes = [line for line in capsys.readouterr().err.splitlines() if "--max-res" in line]
+    if warned:
+        assert len(notes) == 1 and notes[0].startswith("note: no --box or --max-res")
+        assert f"full {n}-px box" in notes[0] and f"Nyquist ({2 * psize:.1f} Å)" in notes[0]
+    else:
+        assert notes == []

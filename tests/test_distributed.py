@@ -66,7 +66,8 @@ def problem():
 
 def _objective(problem, seed=7):
     ds, _, sigma = problem
-    sampler = ImportanceSampler(len(ds), ISSchedule.constant(0.1, 1.0))
+    sampler = ImportanceSampler(len(ds), ISSchedule.constant(0.1, 1.0),
+                                dense_fraction=1.0)  # the sparse path, shard by shard
     return MarginalObjective(ds, sigma, rng=np.random.default_rng(seed), sampler=sampler,
                              quadrature=QuadratureOptions(particle_radius_A=60.0,
                                                           shift_sigma_A=5.0,

@@ -93,7 +93,8 @@ def test_estimator_is_unbiased_with_fewer_points():
                                shift_sigma_A=3.0)
     table, exact = _table(q)
     prev, _ = _table(q, seed=1)  # the previous visit saw a slightly different posterior
-    sampler = ImportanceSampler(1, ISSchedule.constant(0.2), ess_scale=2.0)
+    sampler = ImportanceSampler(1, ISSchedule.constant(0.2), ess_scale=2.0,
+                                dense_fraction=1.0)  # test the sparse estimator itself
     sampler.update([0], None, _result(q, [prev]), 0)
     props = sampler.proposals([0], q, 1)
     ratios, fractions = [], []
@@ -116,7 +117,7 @@ def test_estimator_is_unbiased_with_fewer_points():
 def test_fraction_evaluated_is_recorded():
     q = Quadrature.from_counts(200, 24, shift_spacing_A=2.0, shift_extent_A=5.0)
     tables = [_table(q, seed=s)[0] for s in range(4)]
-    sampler = ImportanceSampler(10, ISSchedule.constant(0.1), ess_scale=3.0)
+    sampler = ImportanceSampler(10, ISSchedule.constant(0.1), ess_scale=3.0, dense_fraction=1.0)
     ids = np.array([2, 5, 7, 9])
     sampler.update(ids[:3], None, _result(q, tables[:3]), 0)  # particle 9 is unseen
     subs = sampler.sample(ids, q, 1, np.random.default_rng(0))
@@ -129,7 +130,7 @@ def test_fraction_evaluated_is_recorded():
     np.testing.assert_array_equal(sampler.seen(ids), [True, True, True, False])
     # a domain that is not importance-sampled is always enumerated
     no_shift = ImportanceSampler(10, ISSchedule.constant(0.1), ess_scale=3.0,
-                                 sample_shifts=False)
+                                 sample_shifts=False, dense_fraction=1.0)
     no_shift.update(ids[:3], None, _result(q, tables[:3]), 0)
     for sub in no_shift.sample(ids[:3], q, 1, np.random.default_rng(0)):
         np.testing.assert_array_equal(sub.shifts, np.arange(q.n_shifts))
@@ -199,7 +200,8 @@ def test_end_to_end_with_the_likelihood(tiny_problem):
     np.testing.assert_array_equal(exact.map_direction, d_true)
 
     ids = np.array([3, 0, 8, 5])
-    sampler = ImportanceSampler(10, ISSchedule.constant(0.1))  # s_B = 10
+    # s_B = 10; the sparse estimator itself (no switch to the exact sum)
+    sampler = ImportanceSampler(10, ISSchedule.constant(0.1), dense_fraction=1.0)
     first = sampler.sample(ids, quad, 0, np.random.default_rng(1))
     res1 = lik.evaluate(vft, batch, subsets=first)
     np.testing.assert_allclose(res1.log_likelihood, exact.log_likelihood, rtol=1e-13)
@@ -266,3 +268,71 @@ def test_state_dict_after_a_restore_with_an_unused_grid():
     pc = c.proposals(np.arange(4), grids[0.05], 5)
     for d in DOMAINS:
         np.testing.assert_array_equal(pa[d], pc[d])
+
+
+def _tempered_result(q, tables, temperature):
+    """A result whose marginals are the exact ones annealed ``p^(1/T)`` and renormalised."""
+    res = _result(q, tables)
+    marg = []
+    for m in (res.log_marginal_directions, res.log_marginal_inplane, res.log_marginal_shifts):
+        t = m / temperature
+        marg.append(t - logsumexp(t, axis=1)[:, None])
+    zeros = np.zeros(len(tables), np.int64)
+    return LikelihoodResult(res.log_likelihood, *marg, zeros, zeros, zeros,
+                            np.full(len(tables), q.size), q)
+
+
+def test_records_are_annealed_when_proposed():
+    """A record is the T = 1 posterior; the proposal anneals it at the visit's temperature,
+    so it equals the proposal built from the posterior annealed by hand (no truncation)."""
+    q = Quadrature.from_counts(60, 12, shift_spacing_A=2.0, shift_extent_A=3.0)
+    tables = [_table(q, seed=s)[0] for s in range(3)]
+    ids = np.array([0, 1, 2])
+    for temperature in (1.0, 2.5, 7.0):
+        hot = ImportanceSampler(3, ISSchedule.constant(0.2, temperature))
+        hot.update(ids, None, _result(q, tables), 0)
+        by_hand = ImportanceSampler(3, ISSchedule.constant(0.2, 1.0))
+        by_hand.update(ids, None, _tempered_result(q, tables, temperature), 0)
+        a, b = hot.proposals(ids, q, 5), by_hand.proposals(ids, q, 5)
+        for d in a:
+            np.testing.assert_allclose(a[d], b[d], rtol=1e-5, atol=1e-12)
+    # the record itself does not depend on the temperature it was made at
+    idx, p, rest = hot.stored_distribution(0, "directions")
+    exact = np.exp(_result(q, tables).log_marginal_directions[0])
+    np.testing.assert_allclose(p, exact[idx], rtol=1e-5)
+    assert rest < 1e-6
+    # a truncated record (8 of 60 directions, the rest uniform) flattens as T grows: its
+    # proposal's ESS grows with T, and at T = infinity every point weighs alike before the
+    # kernel, which leaves the ESS near |D| (kernel edge effects only)
+    ess = []
+    for temperature in (1.0, 4.0, 16.0, np.inf):
+        small = ImportanceSampler(3, ISSchedule.constant(0.0, temperature), max_entries=(8, 4, 4))
+        small.update(ids, None, _result(q, tables), 0)
+        prop = small.proposals(ids, q, 0)["directions"]
+        ess.append(1.0 / np.sum(prop**2, axis=1))
+    ess = np.array(ess)
+    assert np.all(np.diff(ess, axis=0) > 0), ess
+    assert np.all(ess[-1] > 0.9 * q.n_directions), ess[-1]
+
+
+def test_large_draws_become_the_exact_sum():
+    """An image whose drawn subset exceeds ``dense_fraction`` of the grid gets every point
+    (weights 1: the exact sum); smaller draws stay importance samples."""
+    q = Quadrature.from_counts(200, 24, shift_spacing_A=2.0, shift_extent_A=5.0)
+    tables = [_table(q, seed=s)[0] for s in range(4)]
+    ids = np.arange(4)
+    free = ImportanceSampler(4, ISSchedule.constant(0.1), ess_scale=3.0, dense_fraction=1.0)
+    free.update(ids, None, _result(q, tables), 0)
+    drawn = [s.n_points / q.size for s in free.sample(ids, q, 1, np.random.default_rng(0))]
+    cut = float(np.median(drawn))
+    switch = ImportanceSampler(4, ISSchedule.constant(0.1), ess_scale=3.0, dense_fraction=cut)
+    switch.update(ids, None, _result(q, tables), 0)
+    subs = switch.sample(ids, q, 1, np.random.default_rng(0))  # the same draws as `free`
+    for f, sub in zip(drawn, subs, strict=True):
+        if f > cut:
+            assert sub.n_points == q.size and not sub.has_importance_weights
+        else:
+            assert sub.n_points / q.size == pytest.approx(f) and sub.has_importance_weights
+    n_exact = sum(f > cut for f in drawn)
+    assert 0 < n_exact < 4
+    assert switch.history[-1]["fraction_exact"] == n_exact / 4

@@ -245,3 +245,81 @@ def test_posterior_kl_figure_quartiles_and_epochs():
     (frac,) = ax2.get_lines()
     np.testing.assert_allclose(frac.get_xdata(), np.arange(8) / 4 + 1)
     np.testing.assert_allclose(frac.get_ydata(), 1.0 / (np.arange(8) + 1))
+
+
+# ----------------------------------------------------------------------------- issue 16: runs
+def test_direction_histogram_counts_every_particle_in_equal_area_bins():
+    from cryonb.rotations import euler_to_matrix
+    from cryonb.viz import direction_histogram, orientation_figure
+
+    # rot 45°, tilt 90° (latitude 0): column floor((45 + 180) / 10) = 22, row 9 of 18
+    known = euler_to_matrix([45.0] * 7 + [-165.0] * 3, [90.0] * 7 + [170.0] * 3, 33.0)
+    hist = direction_histogram(known)
+    assert hist.n == 10 and hist.counts.shape == (18, 36)
+    assert hist.counts[9, 22] == 7 and hist.bin_of(45.0, 90.0) == (9, 22)
+    # tilt 170°: latitude -80°, sin = -0.985 -> row 0; rot -165° -> column 1
+    assert hist.counts[0, 1] == 3
+    # uniform rotations fill equal-area bins evenly: 100 expected per bin, Poisson sd 10
+    uniform = direction_histogram(random_rotations(64_800, np.random.default_rng(3)))
+    assert uniform.n == 64_800
+    assert np.abs(uniform.counts - 100).max() < 50
+    assert abs(uniform.counts.std() - 10.0) < 1.5
+    np.testing.assert_allclose(np.diff(np.sin(uniform.lat_edges_rad)), 2 / 18)
+    fig = orientation_figure(known)
+    drawn = fig.axes[0].collections[0].get_array()
+    assert float(np.sum(drawn)) == 10 and "10 particles" in fig.axes[0].get_title()
+
+
+def test_snapshot_strip_keeps_first_and_last_and_labels_them():
+    from cryonb.viz import snapshot_strip_figure, snapshot_view
+
+    vols = [np.full((8, 8, 8), float(i)) + np.eye(8)[None] for i in range(15)]
+    fig = snapshot_strip_figure([(v, f"t{i}") for i, v in enumerate(vols)], max_shown=5)
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles == ["t0", "t4", "t7", "t10", "t14"]  # linspace(0, 14, 5) rounded
+    np.testing.assert_array_equal(snapshot_view(vols[2]), 8 * (2 + np.eye(8)))
+    np.testing.assert_array_equal(snapshot_view(vols[2], "section"), 2 + np.eye(8))
+    with pytest.raises(ValueError, match="kind"):
+        snapshot_view(vols[0], "mean")
+
+
+def test_domain_fractions_follow_the_draw_rule():
+    from cryonb.viz import domain_fractions
+
+    entry = {"ess_directions": 5.0, "ess_inplane": 1.9, "ess_shifts": 0.25}
+    out = domain_fractions(entry, (100, 20, 9), ess_scale=10.0)
+    # 50 of 100; ceil(19) = 19 >= 0.95 * 20 -> enumerated; ceil(2.5) = 3 of 9
+    assert out == {"fraction_directions": 0.5, "fraction_inplane": 1.0,
+                   "fraction_shifts": pytest.approx(3 / 9)}
+
+
+def test_history_time_table_puts_the_halves_after_the_common_start():
+    from cryonb.viz import history_time_table, run_history_figure
+
+    table = pd.DataFrame({
+        "phase": ["common", "common", "half1", "half2", "half1", "half2"],
+        "iteration": [0, 1, 0, 0, 1, 1], "wall_time_s": [1.0, 2.0, 0.5, 0.4, 1.0, 0.9],
+        "max_freq_invA": [0.025, 0.03, 0.03, 0.03, 0.04, 0.04],
+        "objective": [5.0, 4.0, 3.0, 3.1, 2.0, 2.1], "heldout_nll": [np.nan] * 6})
+    t = history_time_table(table)["job_time_s"].to_numpy()
+    np.testing.assert_allclose(t, [1.0, 2.0, 2.9, 2.9, 3.9, 3.9])
+    fig = run_history_figure(table)
+    x = fig.axes[1].get_lines()[1].get_xdata()  # the band limit of half1 against minutes
+    np.testing.assert_allclose(x, [2.9 / 60, 3.9 / 60])
+
+
+def test_fsc_resolution_figure_labels_angstrom_at_their_frequencies():
+    from cryonb.metrics import fsc
+    from cryonb.viz import fsc_resolution_figure
+
+    rng = np.random.default_rng(0)
+    a = random_spheres(24, rng, n_spheres=5, mass=100.0)
+    curve = fsc(a, a + rng.normal(0, 0.01, a.shape), 4.0)
+    fig = fsc_resolution_figure([curve], ["a vs a + noise"])
+    ax = fig.axes[0]
+    top = ax.child_axes[0]
+    labels = [t.get_text() for t in top.get_xticklabels()]
+    ticks = top.get_xticks()
+    assert "10" in labels and "20" in labels and top.get_xlabel() == "resolution (Å)"
+    np.testing.assert_allclose(ticks, [float(s) for s in labels])
+    assert ax.get_xlim() == pytest.approx((0.0, 1 / 8.0))  # to Nyquist of 4 Å pixels

@@ -403,3 +403,201 @@ def test_is_study_explorer_takes_xarray_and_other_column_names():
     assert sorted(view.summary["s_B"].unique()) == [1.0, 3.0, 10.0, 30.0]
     with pytest.raises(KeyError, match="s_B"):
         ISStudyExplorer(table)
+
+
+# ----------------------------------------------------------------------------- issue 16
+def _tiny_blobs(box=16):
+    rng = np.random.default_rng(0)
+    k = np.arange(box) - box // 2
+    z, y, x = np.meshgrid(k, k, k, indexing="ij")
+    vol = np.zeros((box,) * 3)
+    for c in [(-3, 0, 1), (2, 2, -2), (0, -3, -2), (3, -1, 3), (-1, 3, 2)]:
+        vol += rng.uniform(0.5, 1.5) * np.exp(
+            -((x - c[0]) ** 2 + (y - c[1]) ** 2 + (z - c[2]) ** 2) / (2 * 1.2**2))
+    return vol.astype(np.float32)
+
+
+RECONSTRUCT = ["--start-res", "40", "--split-res", "30", "--iterations-per-stage", "3",
+               "--batch-size", "40", "--particle-radius", "50", "--shift-sigma", "5",
+               "--shift-extent", "10", "--iterations", "12", "--min-fitted-iterations", "2",
+               "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A run folder made by ``cryonb reconstruct`` on 120 simulated particles (16 px, 12 Å;
+    the tiny problem of test_abinitio.py, fewer iterations): about 10 s."""
+    from cryonb.cli import main as cli_main
+    from cryonb.synthetic.particles import SimulationParams, simulate_to_files
+
+    root = tmp_path_factory.mktemp("tiny_run")
+    simulate_to_files(_tiny_blobs(), 12.0, SimulationParams(
+        n_particles=120, snr=1.0, shift_sigma_A=5.0, bfactor_A2=50.0,
+        defocus_range_A=(8000.0, 20000.0)), np.random.default_rng(0), root / "data",
+        progress=False)
+    assert cli_main(["reconstruct", str(root / "data" / "particles.star"), "--out",
+                     str(root / "run"), *RECONSTRUCT]) == 0
+    return root
+
+
+def test_budget_progress_and_eta():
+    from cryonb.widgets import budget_progress
+    from cryonb.widgets.dashboard_panels import format_duration
+
+    p = budget_progress(25.0, 10, time_limit_s=100.0)
+    assert (p.fraction, p.remaining_s) == (0.25, 75.0)
+    assert p.text() == "ETA 1 min 15 s (25 % of 1 min 40 s)"
+    p = budget_progress(20.0, 10, max_iterations=40)  # 2 s per iteration, 30 to go
+    assert (p.fraction, p.remaining_s, p.budget) == (0.25, 60.0, "40 iterations")
+    p = budget_progress(20.0, 10, time_limit_s=50.0, max_iterations=40)  # the time ends first
+    assert (p.fraction, p.remaining_s) == (0.4, 30.0) and p.budget == "50 s or 40 iterations"
+    p = budget_progress(3.0, 2)
+    assert np.isnan(p.fraction) and "ETA unknown" in p.text()
+    assert [format_duration(s) for s in (4.24, 45, 200, 3900)] == [
+        "4.2 s", "45 s", "3 min 20 s", "1 h 05 min"]
+
+
+def test_dashboard_draws_the_surface_snapshots_per_band_limit_and_eta():
+    solver = _solver(max_iterations=8)
+    view = SolverDashboard(solver, redraw_interval_s=0.0)
+    panels = view.panels
+    assert np.ptp(np.asarray(panels.iso.mesh.x)) < 5  # a placeholder ball before any map
+    solver.run(progress=False)
+    # 3 iterations per stage at 0.05, 0.075, 0.1 1/Å: one snapshot per band limit
+    assert [round(s[2], 4) for s in panels.snapshots] == [0.05, 0.075, 0.1]
+    assert [s[1].split("\n")[1] for s in panels.snapshots] == ["20.0 Å", "13.3 Å", "10.0 Å"]
+    times = [s[3] for s in panels.snapshots]
+    assert times == sorted(times) and times[0] == solver.state.records[0]["wall_time_s"]
+    assert [ax.get_title() for ax in panels.strip_figure.axes] == [
+        s[1] for s in panels.snapshots]
+    # the iso-surface is the final map's at its 2 % level, in Å about the centre
+    from cryonb.widgets import default_iso_level, isosurface_mesh
+
+    assert panels.iso.level.value == pytest.approx(default_iso_level(solver.volume), rel=1e-5)
+    verts, _ = isosurface_mesh(solver.volume.astype(np.float32), panels.iso.level.value, 4.0)
+    np.testing.assert_allclose(np.asarray(panels.iso.mesh.x), verts[:, 0], rtol=1e-5)
+    assert panels.iso.figure.xlim == pytest.approx((-32.0, 32.0))  # 16 px * 4 Å / 2
+    # budget: 8 of 8 iterations
+    assert panels.progress_bar.value == 1.0 and "100 % of 8 iterations" in panels.eta.value
+    # known poses: no importance sampler, every point evaluated
+    assert [r["fraction_evaluated"] for r in panels.domain_rows] == [1.0] * 8
+    assert "fraction_directions" not in panels.domain_rows[0]
+    assert panels.fsc_curve is None  # a bare solver has no halves
+
+
+def test_dashboard_on_a_job_shows_the_half_set_fsc_and_points_per_domain(tiny_run, tmp_path):
+    from cryonb.abinitio import AbInitioConfig, AbInitioRun
+    from cryonb.io import read_mrc
+    from cryonb.metrics import fsc
+    from cryonb.synthetic.particles import load_simulation
+
+    config = AbInitioConfig(start_res_A=40.0, split_res_A=30.0, iterations_per_stage=3,
+                            batch_size=40, particle_radius_A=50.0, shift_sigma_A=5.0,
+                            shift_extent_A=10.0, max_iterations=12, min_fitted_iterations=2)
+    run = AbInitioRun(load_simulation(tiny_run / "data"), tmp_path / "run", config,
+                      progress=False)
+    view = SolverDashboard(run, redraw_interval_s=0.0, show_3d=False)
+    summary = run.run()  # in the foreground: every record redraws
+    panels = view.panels
+    out = tmp_path / "run"
+    h1, h2 = (read_mrc(out / f"sagd_half{i}.mrc").data for i in (1, 2))
+    expected = fsc(h1, h2, summary["pixel_size_A"], max_freq_invA=summary["final_max_freq_invA"])
+    np.testing.assert_allclose(panels.fsc_curve.fsc, expected.fsc, atol=1e-5)
+    assert panels.fsc_figure.axes[0].child_axes  # the Å axis
+    # importance sampling: per domain, fractions in (0, 1], below 1 somewhere by the end
+    rows = [r for r in panels.domain_rows if "fraction_directions" in r]
+    assert rows and all(0 < r[f"fraction_{d}"] <= 1 for r in rows
+                        for d in ("directions", "inplane", "shifts"))
+    assert min(r["fraction_directions"] for r in rows) < 1.0
+    # snapshots: the common start's band limits and the halves' (half1 stands for both)
+    bands = [round(1 / s[2], 1) for s in panels.snapshots]
+    assert bands[:2] == [40.0, 33.3] and bands == sorted(bands, reverse=True)
+    assert "of 12 iterations" in panels.eta.value
+
+
+def test_projection_matching_prefers_the_true_pose(tiny_problem):
+    from cryonb.reprojection import projection_matching, reproject
+
+    p = tiny_problem(box=16, n_img=6, sigma=0.0, seed=3)
+    rot, shifts = p.quad.rotations()[p.true_r], p.quad.shifts_A[p.true_s]
+    ds = Dataset.from_arrays(p.images, p.model.pixel_size_A, ctf=p.ctf, rotations=rot,
+                             shifts_A=shifts)
+    w = p.model.max_freq_invA
+    true = projection_matching(p.vol, p.model.pixel_size_A, ds, max_freq_invA=w)
+    # noiseless images of the same forward model: reprojection = image
+    np.testing.assert_allclose(true.correlation, 1.0, atol=1e-6)
+    np.testing.assert_allclose(true.reprojections, true.images, atol=1e-6 * np.abs(
+        true.images).max())
+    wrong = projection_matching(p.vol, p.model.pixel_size_A, ds, max_freq_invA=w,
+                                rotations=np.roll(rot, 1, axis=0), shifts_A=shifts)
+    assert (true.correlation > wrong.correlation + 0.2).all(), wrong.correlation
+    # with noise the true pose still wins for every particle
+    noisy = Dataset.from_arrays(p.images + np.random.default_rng(0).normal(
+        0, p.images.std(), p.images.shape), p.model.pixel_size_A, ctf=p.ctf, rotations=rot,
+        shifts_A=shifts)
+    a = projection_matching(p.vol, p.model.pixel_size_A, noisy, max_freq_invA=w)
+    b = projection_matching(p.vol, p.model.pixel_size_A, noisy, max_freq_invA=w,
+                            rotations=np.roll(rot, 1, axis=0), shifts_A=shifts)
+    assert (a.correlation > b.correlation).all() and (a.correlation > 0.4).all()
+    # a map twice as dense: same correlation, half the scale
+    double = projection_matching(2 * p.vol, p.model.pixel_size_A, ds, max_freq_invA=w)
+    np.testing.assert_allclose(double.scale, true.scale / 2, rtol=1e-9)
+    assert reproject(p.vol, p.model.pixel_size_A, rot[:2]).shape == (2, 16, 16)
+
+
+def test_run_viewer_on_a_run_folder(tiny_run):
+    from cryonb.dataset import Dataset as DS
+    from cryonb.io import read_mrc
+    from cryonb.metrics import fsc
+    from cryonb.viz import direction_histogram
+    from cryonb.widgets import RunViewer
+
+    out = tiny_run / "run"
+    summary = __import__("json").loads((out / "run.json").read_text())
+    view = RunViewer(out, iso_size_px=120)
+    assert view.message.value == ""
+    # maps: the map and the gold-standard halves, one iso-surface each
+    assert view.volumes.titles == ["map", "half1", "half2"] and len(view.volumes.isosurfaces) == 3
+    np.testing.assert_array_equal(view.volumes.volumes[1], read_mrc(out / "half1.mrc").data)
+    before = view.volumes.image.value
+    view.volumes.index.value = 3  # a slider moved: new sections
+    assert view.volumes.image.value != before
+    # FSC: the gold standard, recomputed from the files with the run's cap, as in fsc.csv
+    w = summary["final_max_freq_invA"]
+    expected = fsc(read_mrc(out / "half1.mrc").data, read_mrc(out / "half2.mrc").data,
+                   summary["pixel_size_A"], max_freq_invA=w)
+    np.testing.assert_allclose(view.fsc_curve.fsc, expected.fsc, atol=1e-6)
+    table = pd.read_csv(out / "fsc.csv")
+    np.testing.assert_allclose(view.fsc_curve.fsc, table.iloc[:, 1], atol=1e-5)
+    before = view.fsc_image.value
+    view.fsc_pair.value = view.fsc_pair.options[1]  # the SAGD half-sets
+    assert view.fsc_image.value != before and "sagd_half1" in view.fsc_figure.axes[0].get_legend(
+        ).get_texts()[0].get_text()
+    # orientations: every particle of particles.star in the histogram, each in its bin
+    ds = DS.from_star(out / "particles.star")
+    counts = view.orientation_fig.axes[0].collections[0].get_array()
+    assert float(np.sum(counts)) == len(ds) == 120
+    np.testing.assert_array_equal(np.asarray(counts).reshape(18, 36),
+                                  direction_histogram(ds.rotations).counts)
+    # projection matching: page 0 then page 2, correlations of real reprojections
+    assert list(view.match.indices) == list(range(6))
+    assert np.median(view.match.correlation) > 0.3, view.match.correlation
+    view.page.value = 2
+    assert list(view.match.indices) == list(range(12, 18))
+    assert view.page.max == 19 and view.particles_image.value[:4] == b"\x89PNG"
+
+
+def test_compare_runs_recovers_a_hand_flip(tmp_path):
+    from cryonb.io import write_mrc
+    from cryonb.widgets import compare_runs
+
+    vol = _tiny_blobs(20)
+    for name, data in (("a", vol), ("b", vol[:, :, ::-1].copy())):
+        (tmp_path / name).mkdir()
+        write_mrc(tmp_path / name / "map.mrc", data, 10.0)
+    view = compare_runs(tmp_path / "a", tmp_path / "b", show_3d=False)
+    assert view.score.flipped and view.score.correlation > 0.97
+    assert view.score.curve.fsc[1:6].min() > 0.95
+    assert "other hand" in view.widget.children[0].value
+    same = compare_runs(tmp_path / "a", tmp_path / "a", show_3d=False)
+    assert not same.score.flipped and same.score.correlation > 0.99

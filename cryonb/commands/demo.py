@@ -9,8 +9,10 @@ halves) within --time-limit minutes, and writes, in --out:
   simulation.json                  parameters and the achieved SNR
   demo.png                         per particle: projection, x CTF, + noise
   map_sections.png, ctf.png        the map's central sections, the first particle's CTF
-  reconstruction/                  map.mrc, half maps, particles.star, fsc.png, history.csv
-  report.md, comparison.png        resolutions, timing, the map beside the truth
+  reconstruction/                  a run folder (docs/outputs.md): map.mrc, map_fullbox.mrc,
+                                   half maps, particles.star, fsc.png, chimerax.cxc, report.md
+  report.md, comparison.png        the run's report (resolutions, band limits, timing, profile,
+                                   files) about the simulated data, the map beside the truth
 
 Example:
   cryonb demo --out demo_out --n 1000 --snr 0.05 --seed 0
@@ -77,8 +79,9 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _reconstruct(args: argparse.Namespace, ds, out: Path) -> int:
-    from ..abinitio import AbInitioConfig, AbInitioRun, summary_lines
+    from ..abinitio import AbInitioConfig, AbInitioRun
     from ..io import read_mrc
+    from ..run_folder import RunFolder, open_lines, report_markdown
 
     config = AbInitioConfig(box_size=min(args.rec_box, ds.box_size), iterations_per_stage=15,
                             time_limit_min=args.time_limit, seed=args.seed,
@@ -95,22 +98,17 @@ def _reconstruct(args: argparse.Namespace, ds, out: Path) -> int:
     image_rows([_sections(small_truth), _sections(np.asarray(aligned.data))],
                ["truth", "ab initio"], col_titles=["z = 0", "y = 0", "x = 0"],
                size_in=2.2).savefig(out / "comparison.png", dpi=80)
-    lines = summary_lines(summary)
-    report = f"""# cryonb demo report
-
-* Data: {len(ds)} simulated GroEL-GroES particles (PDB 1AON), {ds.box_size} px at
-  {ds.pixel_size_A:g} Å, SNR {args.snr:g}, real 200 kV CTFs (`particles.star`, `particles.mrcs`).
-* Reconstruction: ab initio from random spheres at {summary['box_size']} px
-  ({summary['pixel_size_A']:.2f} Å/px; Nyquist {2 * summary['pixel_size_A']:.1f} Å),
-  {summary['wall_time_s'] / 60:.1f} min of solver time; stop: {summary['stop_reasons'][0]}.
-* {lines[0]}; the halves share only the common map below the split at
-  {1 / summary['split_max_freq_invA']:.1f} Å.
-* Against the truth after alignment (hand {'flipped' if summary['hand_flipped'] else 'kept'}),
-  {lines[1]}.
-* Pictures: `reconstruction/fsc.png`, `comparison.png` (central sections, truth above).
-"""
+    intro = [f"Simulation: {len(ds)} GroEL-GroES particles (PDB 1AON), {ds.box_size} px at "
+             f"{ds.pixel_size_A:g} Å, SNR {args.snr:g}, real 200 kV CTFs (`particles.star`, "
+             "`particles.mrcs`); the map that was projected: `truth.mrc`.",
+             "Pictures: `reconstruction/fsc.png`, `comparison.png` (central sections, truth "
+             "above), `demo.png`, `map_sections.png`, `ctf.png`."]
+    report = report_markdown(summary, RunFolder(rec_dir).files(), title="cryonb demo report",
+                             intro=intro, prefix="reconstruction/")
     (out / "report.md").write_text(report)
     print(report)
+    for line in open_lines(rec_dir):
+        print(line)
     return 0
 
 

@@ -7,12 +7,16 @@ Ctrl-C / SIGTERM; --resume continues from the last one (also after SIGKILL).
 --scheduler ADDRESS (an existing Dask cluster) or --dask-workers N (a local one) compute each
 minibatch on the workers, each reading its own shard of the particles; the results are the same.
 
-Writes in --out: map.mrc (mean of the SAGD half-set maps sagd_half1/2.mrc), half1.mrc and
-half2.mrc (each half's particles reconstructed at its MAP poses: the gold-standard pair, FSC 0.143
-in run.json, or null with the reason when the budget ended before the halves were independent),
-map_from_halves.mrc, particles.star (MAP poses, rlnRandomSubset), history.csv, fsc.png/.csv,
-run.json, checkpoint.npz.  With --known-poses: map.mrc by
-least-squares reconstruction with the STAR file's poses (half maps from rlnRandomSubset).
+Writes in --out: map.mrc (mean of the SAGD half-set maps sagd_half1/2.mrc), map_fullbox.mrc
+(map.mrc Fourier-padded to the input images' box and pixel size, for RELION refinement),
+map_flipped_hand.mrc (the other hand), half1.mrc and half2.mrc (each half's particles
+reconstructed at its MAP poses: the gold-standard pair, FSC 0.143 in run.json, or null with the
+reason when the budget ended before the halves were independent), map_from_halves.mrc,
+particles.star (MAP poses, rlnRandomSubset), history.csv, fsc.png/.csv, chimerax.cxc (open it in
+ChimeraX: maps at an sdLevel), run.json, report.md, checkpoint.npz (docs/outputs.md).  With
+--known-poses: map.mrc by least-squares reconstruction with the STAR file's poses (half maps from
+rlnRandomSubset), with map_fullbox.mrc, map_flipped_hand.mrc, fsc.png, chimerax.cxc, run.json
+and report.md.  Without --box or --max-res on images above 128 px a note suggests --max-res.
 
 Every setting of cryonb.abinitio.AbInitioConfig is an option generated from the dataclass
 (cryonb.commands.options): its default and its description come from there and --help shows
@@ -32,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -125,32 +130,92 @@ def _load(args: argparse.Namespace):
     return ds.inverted() if args.invert else ds
 
 
-def _known_poses(args: argparse.Namespace, ds) -> int:
+def _known_poses(args: argparse.Namespace, ds, config) -> int:
+    """Least-squares maps at the file's poses, written like an ab initio run's (RunFolder)."""
     from ..backprojection import reconstruct_known_poses
-    from ..io import write_mrc
+    from ..diagnostics import box_for_resolution
     from ..io.errors import input_error
     from ..metrics import half_map_resolution
-    from ..viz import fsc_figure
+    from ..run_folder import RunFolder, finite, open_lines, summary_lines
 
     if ds.rotations is None:
         raise input_error(args.particles, "--known-poses needs _rlnAngleRot/Tilt/Psi",
                           "run ab initio (drop --known-poses) or give a refined STAR file")
-    if args.box_size is not None and args.box_size < ds.box_size:
-        ds = ds.fourier_cropped(args.box_size)
-    out = args.out
-    out.mkdir(parents=True, exist_ok=True)
-    volume = reconstruct_known_poses(ds, progress=not args.no_progress)
-    write_mrc(out / "map.mrc", volume, ds.pixel_size_A)
-    print(f"map        {out / 'map.mrc'} ({ds.box_size}^3 at {ds.pixel_size_A:.4f} Å)")
+    t0 = time.perf_counter()
+    full = ds
+    box = config.box_size
+    if box is None and config.max_res_A is not None:  # as the ab initio run chooses it
+        box = box_for_resolution(ds.box_size, ds.pixel_size_A, config.max_res_A)
+    if box is not None and box < ds.box_size:
+        ds = ds.fourier_cropped(box)
+    folder = RunFolder(args.out)
+    folder.path.mkdir(parents=True, exist_ok=True)
+    progress = not args.no_progress
+    volume = reconstruct_known_poses(ds, progress=progress)
+    folder.write_final_map(volume, ds.pixel_size_A, full.box_size, full.pixel_size_A)
+    print(f"map        {args.out / 'map.mrc'} ({ds.box_size}^3 at {ds.pixel_size_A:.4f} Å); "
+          f"map_fullbox.mrc ({full.box_size}^3 at {full.pixel_size_A:.4f} Å)")
+    summary: dict = {
+        "status": "done", "mode": "known poses", "n_particles": len(ds),
+        "box_size": ds.box_size, "pixel_size_A": ds.pixel_size_A,
+        "input_box_size": full.box_size, "input_pixel_size_A": full.pixel_size_A,
+        "half_map_resolution_A_0143": None, "half_map_resolution": None,
+        "half_map_null_reason": "no half-sets: the file has no rlnRandomSubset (1 or 2) for "
+                                "every particle"}
     if ds.half_set is not None and np.isin(ds.half_set, (0, 1)).all():
-        halves = [reconstruct_known_poses(h, progress=not args.no_progress) for h in ds.halves()]
+        halves = [reconstruct_known_poses(h, progress=progress) for h in ds.halves()]
         for i, half in enumerate(halves):
-            write_mrc(out / f"half{i + 1}.mrc", half, ds.pixel_size_A)
+            folder.write_map(f"half{i + 1}", half, ds.pixel_size_A)
         resolution, curve = half_map_resolution(halves[0], halves[1], ds.pixel_size_A,
                                                 max_freq_invA=None)
-        fsc_figure([curve], ["half-maps"]).savefig(out / "fsc.png", dpi=90)
-        print(f"half-map resolution: {resolution}")
+        folder.write_fsc([curve], ["half-maps"])
+        summary.update(half_map_resolution_A_0143=finite(resolution.value_A),
+                       half_map_resolution=resolution.to_dict(), half_map_null_reason=None)
+    summary["wall_time_s"] = time.perf_counter() - t0
+    folder.write_summary(summary, {"known_poses": True, "box_size": box,
+                                   "max_res_A": config.max_res_A, "invert": args.invert})
+    folder.write_chimerax()
+    folder.write_report(summary, title="cryonb known-pose reconstruction report")
+    for line in summary_lines(summary) + open_lines(args.out):
+        print(line)
     return 0
+
+
+#: Images larger than this (px) trigger :func:`full_box_warning`.
+LARGE_BOX = 128
+
+
+def full_box_warning(config, box_size: int, pixel_size_A: float) -> str | None:
+    """The one-line warning when an ab initio run would work at a large full box.
+
+    Parameters
+    ----------
+    config : AbInitioConfig
+        Neither ``box_size`` (``--box``) nor ``max_res_A`` (``--max-res``) set: the run keeps
+        the images' box and marches the band limit to its Nyquist.
+    box_size : int
+        The images' box, px; only boxes above :data:`LARGE_BOX` are warned about.
+    pixel_size_A : float
+        The images' pixel size, Å.
+
+    Returns
+    -------
+    str or None
+        The warning (None: nothing to warn about), with the box that ``--max-res`` at
+        :data:`cryonb.commands.info.RECOMMENDED_MAX_RES_A` would choose
+        (:func:`cryonb.diagnostics.box_for_resolution`).
+    """
+    from ..diagnostics import box_for_resolution
+    from .info import RECOMMENDED_MAX_RES_A
+
+    if config.box_size is not None or config.max_res_A is not None or box_size <= LARGE_BOX:
+        return None
+    res = RECOMMENDED_MAX_RES_A
+    small = box_for_resolution(box_size, pixel_size_A, res)
+    return (f"no --box or --max-res: ab initio at the images' full {box_size}-px box, the band "
+            f"limit marching to Nyquist ({2 * pixel_size_A:.1f} Å), is slow and rarely helps; "
+            f"--max-res {res:g} works at a {small}-px box "
+            f"({pixel_size_A * box_size / small:.2f} Å/px)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -173,9 +238,13 @@ def main(args: argparse.Namespace) -> int:
         check_contrast(ds, args.particles, fix="drop --invert (the flipped particles are dark)"
                        if args.invert else "pass --invert to flip the contrast")
     if args.known_poses:
-        return _known_poses(args, ds)
+        return _known_poses(args, ds, config)
+    warning = full_box_warning(config, ds.box_size, ds.pixel_size_A)
+    if warning is not None:
+        print(f"note: {warning}", file=sys.stderr)
     from ..abinitio import AbInitioRun, summary_lines
     from ..distributed import dask_client
+    from ..run_folder import open_lines
 
     with dask_client(args.scheduler, args.dask_workers) as client:
         if client is not None:
@@ -194,6 +263,7 @@ def main(args: argparse.Namespace) -> int:
 
     print("time per iteration by phase and band limit, s (run.json: profile):")
     print(format_profile(summary["profile"]))
-    for line in summary_lines(summary):
+    for line in summary_lines(summary) + open_lines(args.out):
         print(line)
+    print(f"report     {args.out / 'report.md'}")
     return 0

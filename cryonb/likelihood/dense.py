@@ -138,6 +138,11 @@ class _DensePass:
             raise ValueError("a pose subset is empty")
         self.kernels = bk.is_numpy and lik.use_numba is not False
         self.lo = _EXP_LO[np.dtype(rdt).char]
+        # the gradient keeps the terms whose posterior is above eps / n (n: an image's terms
+        # here): an image's dropped mass is below the working precision's epsilon, less than
+        # the rounding of its own sum (see host._drop_negligible)
+        n_terms = self.n_d * self.n_i * self.n_s
+        self.lo_grad = max(self.lo, float(np.log(np.finfo(rdt).eps) - np.log(n_terms)))
         # Z and H of all groups in one array (group j: rows col_off[j]:col_off[j+1])
         sizes = [len(g.images) for g in groups]
         self.img_off = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
@@ -248,14 +253,14 @@ class _DensePass:
                     fulls.append((full, row_info))
                 elif store is not None:
                     t0 = time.perf_counter()
-                    has |= store.add(j, full, partial + (self.lo - _SKIP_MARGIN))
+                    has |= store.add(j, full, partial + (self.lo_grad - _SKIP_MARGIN))
                     self.acc.tick("sweeps_s", t0)
             if self.keep:
                 cached.append((rows, rots, x, fulls))
             elif store is not None:
                 store.end_block(has, x)
                 if store.full:
-                    store = store.pruned([st.partial + (self.lo - _SKIP_MARGIN)
+                    store = store.pruned([st.partial + (self.lo_grad - _SKIP_MARGIN)
                                           for st in self.states])
         log_ls = [st.finish(g, self.acc) for st, g in zip(self.states, self.groups, strict=True)]
         if not gradient:
@@ -302,7 +307,7 @@ class _DensePass:
         self._add_rows(rots, x, g_real, prs[0] if len(prs) == 1 else xp.concatenate(prs, 1))
 
     def _gradient_cached(self, cached: list, ll: NDArray, bound: NDArray) -> None:
-        live = bound >= self.lo - _SKIP_MARGIN
+        live = bound >= self.lo_grad - _SKIP_MARGIN
         n_live = 0
         lls = [ll[self.img_off[j]:self.img_off[j + 1]] for j in range(len(self.groups))]
 
@@ -324,13 +329,13 @@ class _DensePass:
         p = self.scores(j, rows, x)[0]
         lj = ll[self.img_off[j]:self.img_off[j + 1]]
         t0 = time.perf_counter()
-        pr = _posterior(self.bk, p, self.n_s, lj, self.lo, self.kernels)
+        pr = _posterior(self.bk, p, self.n_s, lj, self.lo_grad, self.kernels)
         self.acc.tick("sweeps_s", t0)
         return p, pr
 
     def _gradient_recompute(self, ll: NDArray, bound: NDArray) -> None:
         ll_dev = self.bk.xp.asarray(ll.astype(self.rdt))
-        kept = np.flatnonzero(bound >= self.lo - _SKIP_MARGIN)
+        kept = np.flatnonzero(bound >= self.lo_grad - _SKIP_MARGIN)
         step = self.k_d * self.n_i
         for k0 in range(0, len(kept), step):
             rows = kept[k0:k0 + step]
@@ -357,7 +362,8 @@ class _DensePass:
                 if csr is None:
                     posts.append(None)
                     continue
-                p, row_nnz = _csr_posterior(bk, csr, self.n_s, lls[j], self.lo, self.kernels)
+                p, row_nnz = _csr_posterior(bk, csr, self.n_s, lls[j], self.lo_grad,
+                                            self.kernels)
                 posts.append(p)
                 live |= row_nnz > 0
                 nnz += int(row_nnz.sum())

@@ -8,7 +8,9 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-__all__ = ["fsc_figure", "history_table", "solver_history_figure"]
+__all__ = ["RESOLUTION_TICKS_A", "add_resolution_axis", "fsc_figure", "history_table",
+           "plot_phase_history",
+           "solver_history_figure"]
 
 
 def fsc_figure(curves: Sequence, labels: Sequence[str], *,
@@ -26,8 +28,47 @@ def fsc_figure(curves: Sequence, labels: Sequence[str], *,
     ax.set_xlabel("spatial frequency (1/Å)")
     ax.set_ylabel("FSC")
     ax.set_ylim(-0.1, 1.02)
+    ax.set_xlim(0.0, max(float(np.nanmax(c.freq_invA)) for c in curves) if curves else 0.5)
+    add_resolution_axis(ax)
     ax.legend(fontsize=7)
     return fig
+
+
+#: Resolutions (Å) :func:`add_resolution_axis` may label, coarse to fine.
+RESOLUTION_TICKS_A = (200.0, 100.0, 60.0, 40.0, 30.0, 25.0, 20.0, 15.0, 12.0, 10.0, 8.0, 7.0,
+                      6.0, 5.0, 4.5, 4.0, 3.5, 3.0, 2.5, 2.0, 1.5, 1.0)
+
+
+def _inverse(x: Any) -> Any:
+    """``1 / x`` for the frequency <-> resolution axis, finite at 0."""
+    x = np.asarray(x, dtype=float)
+    with np.errstate(divide="ignore"):
+        return np.where(np.abs(x) > 1e-12, 1.0 / np.where(x == 0, 1.0, x), 1e12)
+
+
+def add_resolution_axis(ax: Any, *, max_ticks: int = 7) -> Any:
+    """A top axis in Å (resolution ``1 / frequency``) over an axis in 1/Å.
+
+    Ticks are values ``d`` of :data:`RESOLUTION_TICKS_A` inside the current x range (set the
+    limits first), each at frequency ``1 / d``: from the finest down, a value is kept when it
+    lies at least ``1 / (max_ticks + 1)`` of the range from the last one kept.  Returns the
+    secondary axis.
+    """
+    from matplotlib.ticker import FixedLocator
+
+    low, high = sorted(ax.get_xlim())
+    gap = (high - low) / (max_ticks + 1)
+    inside: list[float] = []
+    for d in reversed(RESOLUTION_TICKS_A):
+        if low < 1.0 / d <= high and (not inside or 1.0 / inside[-1] - 1.0 / d >= gap):
+            inside.append(d)
+    top = ax.secondary_xaxis("top", functions=(_inverse, _inverse))
+    top.xaxis.set_major_locator(FixedLocator(inside))
+    top.xaxis.set_minor_locator(FixedLocator([]))
+    top.set_xticks(inside, [f"{d:g}" for d in inside])
+    top.set_xlabel("resolution (Å)")
+    top.tick_params(labelsize=7)
+    return top
 
 
 # --------------------------------------------------------------------------- solver history
@@ -55,6 +96,25 @@ def history_table(history: Any) -> Any:
     return table
 
 
+def plot_phase_history(ax_nll: Any, ax_res: Any, x: Any, part: Any, phase: str, colour: str,
+                       *, step: bool) -> None:
+    """One phase's curves of a history table (:func:`history_table`) against ``x`` (N,):
+    minibatch and held-out NLL on ``ax_nll``, the band limit in Å on ``ax_res`` (a step
+    curve when ``step``)."""
+    suffix = f" ({phase})" if phase else ""
+    ax_nll.plot(x, part["objective"].to_numpy(float), color=colour, lw=0.8, alpha=0.6,
+                label="minibatch" + suffix)
+    held = part["heldout_nll"].to_numpy(float)
+    ok = np.isfinite(held)
+    if ok.any():
+        ax_nll.plot(x[ok], held[ok], "o-", color=colour, ms=3, lw=1.2, label="held-out" + suffix)
+    res_A = 1.0 / part["max_freq_invA"].to_numpy(float)
+    if step:
+        ax_res.step(x, res_A, where="post", color=colour, lw=1.2, label=phase or None)
+    else:
+        ax_res.plot(x, res_A, color=colour, lw=1.2, label=phase or None)
+
+
 def solver_history_figure(history: Any, *, title: str = "") -> Figure:
     """Objective and held-out NLL, band limit (as a resolution) and fraction of points evaluated.
 
@@ -76,16 +136,7 @@ def solver_history_figure(history: Any, *, title: str = "") -> Figure:
     for i, (phase, part) in enumerate(groups):
         colour = f"C{i}"
         x = part[xname].to_numpy(float)
-        suffix = f" ({phase})" if phase else ""
-        ax_nll.plot(x, part["objective"].to_numpy(float), color=colour, lw=0.8, alpha=0.6,
-                    label="minibatch" + suffix)
-        held = part["heldout_nll"].to_numpy(float)
-        ok = np.isfinite(held)
-        if ok.any():
-            ax_nll.plot(x[ok], held[ok], "o-", color=colour, ms=3, lw=1.2,
-                        label="held-out" + suffix)
-        w = part["max_freq_invA"].to_numpy(float)
-        ax_res.plot(x, 1.0 / w, color=colour, lw=1.2, label=phase or None)
+        plot_phase_history(ax_nll, ax_res, x, part, phase, colour, step=False)
         ax_frac.plot(x, part["fraction_evaluated"].to_numpy(float), color=colour, lw=1.0,
                      label=phase or None)
     if len(table) and (table["objective"] > 0).all():

@@ -1,5 +1,6 @@
-"""Pictures of maps and images: sections of volumes, image grids, particle pages, and an
-image's posterior over viewing directions.
+"""Pictures of maps and images: sections of volumes, image grids, particle pages, a strip of
+map snapshots, particles beside their reprojections, and an image's posterior over viewing
+directions.
 
 Conventions (``docs/conventions.md``): volumes ``[z, y, x]``, images ``[y, x]`` drawn with row 0
 at the top, coordinates in Å from the box centre (voxel ``N // 2``).
@@ -17,7 +18,7 @@ from numpy.typing import ArrayLike, NDArray
 from ._common import centred_extent, contrast_limits, lowpass_to_resolution
 
 __all__ = ["direction_posterior", "image_rows", "orthogonal_slices", "particle_page_figure",
-           "volume_slices_figure"]
+           "projection_matching_figure", "snapshot_strip_figure", "volume_slices_figure"]
 
 
 def image_rows(rows: Sequence[ArrayLike], row_titles: Sequence[str], *,
@@ -255,3 +256,92 @@ def direction_posterior(
     return fig
 
 
+
+
+# --------------------------------------------------------------------------- snapshots
+def snapshot_view(volume: ArrayLike, kind: str = "projection") -> NDArray:
+    """What a snapshot strip shows of a ``[z, y, x]`` map: its ``"projection"`` along z (the
+    sum, as an image of the particle would show it), its ``"max"`` projection, or its central
+    z ``"section"``."""
+    vol = np.asarray(volume, dtype=np.float64)
+    if kind == "projection":
+        return vol.sum(axis=0)
+    if kind == "max":
+        return vol.max(axis=0)
+    if kind == "section":
+        return vol[vol.shape[0] // 2]
+    raise ValueError(f"kind must be 'projection', 'max' or 'section', got {kind!r}")
+
+
+def snapshot_strip_figure(snapshots: Sequence[tuple[ArrayLike, str]], *,
+                          kind: str = "projection", max_shown: int = 10,
+                          size_in: float = 1.4) -> Figure:
+    """A strip of small views of a map as it develops, one per snapshot, left to right.
+
+    Parameters
+    ----------
+    snapshots : ``(volume, label)`` pairs in time order, e.g. one per band limit, labelled
+        with the wall time (``"1.2 min\n40 Å"``)
+    kind : see :func:`snapshot_view`
+    max_shown : at most this many, evenly spaced, the first and the last kept
+    """
+    items = list(snapshots)
+    if len(items) > max_shown:
+        keep = np.unique(np.round(np.linspace(0, len(items) - 1, max_shown)).astype(int))
+        items = [items[i] for i in keep]
+    n = max(1, len(items))
+    fig = Figure(figsize=(size_in * n + 0.3, size_in + 0.45), layout="constrained")
+    axes = fig.subplots(1, n, squeeze=False)[0]
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if not items:
+        axes[0].text(0.5, 0.5, "no snapshot yet", ha="center", va="center", fontsize=7,
+                     transform=axes[0].transAxes)
+    for ax, (volume, label) in zip(axes, items, strict=False):
+        img = snapshot_view(volume, kind)
+        lo, hi = contrast_limits(img, (0.5, 99.5))
+        ax.imshow(img, cmap="gray", vmin=lo, vmax=hi, origin="upper")
+        ax.set_title(label, fontsize=6)
+    return fig
+
+
+# --------------------------------------------------------------------------- reprojections
+def projection_matching_figure(match: Any, *, n_cols: int = 6, size_in: float = 1.25
+                               ) -> Figure:
+    """Particles (top of each pair) above the map's projections at their poses (below).
+
+    ``match``: a :class:`cryonb.reprojection.ProjectionMatch`; both images of a pair share
+    one grey scale (the particle's); each pair is titled with its index and correlation.
+    """
+    k = len(match.indices)
+    n_cols = max(1, min(n_cols, max(k, 1)))
+    n_pairs = max(1, -(-k // n_cols))
+    fig = Figure(figsize=(size_in * n_cols + 0.6, 2 * size_in * n_pairs + 0.35),
+                 layout="constrained")
+    axes = fig.subplots(2 * n_pairs, n_cols, squeeze=False)
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+    for j in range(n_pairs * n_cols):
+        top, bottom = axes[2 * (j // n_cols), j % n_cols], axes[2 * (j // n_cols) + 1, j % n_cols]
+        if j >= k:
+            top.axis("off")
+            bottom.axis("off")
+            continue
+        lo, hi = contrast_limits(match.images[j], (1.0, 99.0))
+        top.imshow(match.images[j], cmap="gray", vmin=lo, vmax=hi, origin="upper")
+        bottom.imshow(match.reprojections[j], cmap="gray", vmin=lo, vmax=hi, origin="upper")
+        top.set_title(f"#{int(match.indices[j])}  r = {float(match.correlation[j]):.2f}",
+                      fontsize=7)
+        if j % n_cols == 0:
+            top.set_ylabel("particle", fontsize=7)
+            bottom.set_ylabel("map at pose", fontsize=7)
+    if k == 0:
+        axes[0, 0].text(0.5, 0.5, "no particle", ha="center", va="center", fontsize=8,
+                        transform=axes[0, 0].transAxes)
+    band = ("" if match.max_freq_invA is None
+            else f", both band-limited to {1.0 / match.max_freq_invA:.1f} Å")
+    fig.suptitle(f"particles and the map's projections at their MAP poses with their CTFs{band}",
+                 fontsize=8)
+    return fig

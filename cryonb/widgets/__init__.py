@@ -11,33 +11,51 @@ matplotlib figures for scripts and reports).
                          for one map or several side by side
 :func:`ParticleBrowser`  pages of particle images, CTFs, defocus filter, posteriors over
                          directions
-:func:`SolverDashboard`  live history, band limit, IS fraction and map of a running solver or
-                         ab initio job (background thread; pause, resume, stop, checkpoint)
+:func:`SolverDashboard`  live history, band limit, IS fraction per domain, sections and
+                         iso-surface of the map, snapshots against time, half-set FSC in Å
+                         and ETA of a running solver or ab initio job (background thread;
+                         pause, resume, stop, checkpoint)
+:func:`RunViewer`        a finished run folder: maps and half-maps, FSC in Å, history,
+                         orientation distribution, particles beside their reprojections
+:func:`compare_runs`     two runs superposed (hand included) side by side, with their FSC
 :func:`ISStudyExplorer`  error against fraction of points of an importance-sampling study
 =======================  ==================================================================
 """
 
 from .dashboard import SolverDashboard, SolverDashboardView, SolverMonitor
+from .dashboard_panels import BudgetProgress, LivePanels, budget_progress
 from .is_study import ISStudyExplorer, ISStudyState, ISStudyView
 from .particles import ParticleBrowser, ParticleBrowserState, ParticleBrowserView
+from .run_data import FinishedRun, common_grid, open_run
+from .run_viewer import CompareRunsView, RunViewer, RunViewerView, compare_runs
 from .slices import VolumeView, VolumeViewer, VolumeViewerState
 from .volume import IsosurfaceView, default_iso_level, isosurface, isosurface_mesh
 
 __all__ = [
+    "BudgetProgress",
+    "CompareRunsView",
+    "FinishedRun",
     "ISStudyExplorer",
     "ISStudyState",
     "ISStudyView",
     "IsosurfaceView",
+    "LivePanels",
     "ParticleBrowser",
     "ParticleBrowserState",
     "ParticleBrowserView",
+    "RunViewer",
+    "RunViewerView",
     "SolverDashboard",
     "SolverDashboardView",
     "SolverMonitor",
     "VolumeView",
     "VolumeViewer",
     "VolumeViewerState",
+    "budget_progress",
+    "common_grid",
+    "compare_runs",
     "default_iso_level",
     "isosurface",
     "isosurface_mesh",
+    "open_run",
 ]

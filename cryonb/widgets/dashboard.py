@@ -5,8 +5,11 @@ The dashboard attaches through the solver's (or job's) ``callback``, runs the wo
 background thread (so the kernel keeps answering the notebook) and updates a
 :class:`SolverMonitor` (traitlets) after every iteration; the labels are linked to it.  The
 pictures (:func:`cryonb.viz.solver_history_figure`, :func:`cryonb.viz.volume_slices_figure` of
-the current map) are redrawn at most every ``redraw_interval_s`` seconds, by a second thread
-from a copy of the map taken between two iterations.
+the current map, and the panels of :mod:`cryonb.widgets.dashboard_panels`: the map's
+iso-surface, a strip of snapshots against solver time, the half-set FSC in Å once the halves
+run, the fraction of points evaluated per domain, and the budget's ETA) are redrawn at most
+every ``redraw_interval_s`` seconds, by a second thread from a copy of the map taken between
+two iterations.
 
 Pause holds the solver thread between two iterations; stop calls ``request_stop()``; save writes
 ``checkpoint.save_checkpoint(path, solver.state_dict())`` (for an ab initio job, its own
@@ -27,6 +30,7 @@ import traitlets
 
 from ..viz import solver_history_figure, volume_slices_figure
 from ._common import new_image, show_figure
+from .dashboard_panels import LivePanels, live_panels
 
 __all__ = ["SolverDashboard", "SolverDashboardView", "SolverMonitor"]
 
@@ -77,6 +81,9 @@ class SolverDashboardView:
     status : ipywidgets.HTML
         One line from the monitor (status, iteration, band limit, fraction evaluated, ...).
     history_image, map_image : ipywidgets.Image
+    panels : LivePanels
+        The iso-surface (``panels.iso``), the snapshot strip, the half-set FSC, the
+        points-per-domain figure, the budget bar and ETA (``panels.eta``).
     records : list of dict
         Every record received, with the job's ``phase`` ("" for a bare solver).
     target : the SAGDSolver or AbInitioRun
@@ -96,6 +103,7 @@ class SolverDashboardView:
     map_image: Any
     target: Any
     checkpoint_path: Path
+    panels: LivePanels | None = None
     dpi: float = 72
     records: list = field(default_factory=list)
     history_figure: Any = None
@@ -145,6 +153,9 @@ class SolverDashboardView:
         with self._lock:
             self.records.append({**record, "phase": phase})
             self._latest_solver = solver
+            if self.panels is not None and phase != "half2":  # half1 stands for both
+                self.panels.collect(self.target, solver, record, phase,
+                                    int(record.get("clock", record["iteration"])))
         m = self.monitor
         with m.hold_trait_notifications():
             m.phase = phase
@@ -179,6 +190,9 @@ class SolverDashboardView:
             snap["volume"] = solver.volume.copy()
             snap["pixel_size_A"] = float(solver.objective.pixel_size_A)  # the Objective protocol
             snap["label"] = f"iteration {solver.iteration}" + (f" ({phase})" if phase else "")
+        if self.panels is not None:
+            with self._lock:
+                snap.update(self.panels.snapshot(self.target))
         return snap
 
     def _draw(self, snap: dict) -> None:
@@ -188,6 +202,8 @@ class SolverDashboardView:
             fig = volume_slices_figure(snap["volume"], snap["pixel_size_A"],
                                        titles=[snap["label"]], size_in=2.0)
             self.map_figure = show_figure(self.map_image, fig, self.dpi)
+        if self.panels is not None and snap["records"]:
+            self.panels.draw(snap, self.dpi)
         self.n_redraws += 1
 
     def redraw(self) -> None:
@@ -349,7 +365,9 @@ def _status_html(m: SolverMonitor) -> str:
 
 
 def SolverDashboard(solver_or_run: Any, *, checkpoint_path: str | Path = "checkpoint.npz",
-                    redraw_interval_s: float = 3.0, dpi: float = 72) -> SolverDashboardView:
+                    redraw_interval_s: float = 3.0, dpi: float = 72, show_3d: bool = True,
+                    iso_size_px: int = 300, snapshot_kind: str = "projection"
+                    ) -> SolverDashboardView:
     """A live view of a :class:`~cryonb.sagd.SAGDSolver` or :class:`~cryonb.abinitio.AbInitioRun`.
 
     Parameters
@@ -360,7 +378,11 @@ def SolverDashboard(solver_or_run: Any, *, checkpoint_path: str | Path = "checkp
         thread) or in the foreground (``solver.run()``).
     checkpoint_path : where "save" writes a bare solver's state (a job writes
         ``out_dir/checkpoint.npz``)
-    redraw_interval_s : minimum time between two redraws of the figures
+    redraw_interval_s : minimum time between two redraws of the figures (and of the
+        iso-surface)
+    show_3d : add the live iso-surface of the current map (ipyvolume)
+    snapshot_kind : what the strip shows of each snapshot: ``"projection"`` (sum along z),
+        ``"max"`` or ``"section"`` (:func:`cryonb.viz.snapshot_view`)
     """
     import ipywidgets as widgets
 
@@ -378,8 +400,9 @@ def SolverDashboard(solver_or_run: Any, *, checkpoint_path: str | Path = "checkp
         widget=None, monitor=monitor, start_button=buttons["start"],
         pause_button=buttons["pause"], resume_button=buttons["resume"],
         stop_button=buttons["stop"], save_button=buttons["save"], redraw_interval=interval,
-        status=status, history_image=new_image(), map_image=new_image(),
-        target=solver_or_run, checkpoint_path=Path(checkpoint_path), dpi=dpi)
+        status=status, history_image=new_image(), map_image=new_image(flex="0 0 auto"),
+        target=solver_or_run, checkpoint_path=Path(checkpoint_path), dpi=dpi,
+        panels=live_panels(show_3d, iso_size_px, snapshot_kind))
     view._resume.set()
     monitor.observe(lambda _c: setattr(status, "value", _status_html(monitor)),
                     names=["status", "iteration", "message", "phase"])
@@ -406,9 +429,14 @@ def SolverDashboard(solver_or_run: Any, *, checkpoint_path: str | Path = "checkp
             view.on_record(solver, record)
 
         solver_or_run.callback = solver_callback
+    panels = view.panels
+    map_row = [view.map_image] + ([panels.iso.widget] if panels.iso is not None else [])
     view.widget = widgets.VBox([
-        widgets.HBox([*buttons.values(), interval]), status, view.history_image,
-        view.map_image])
+        widgets.HBox([*buttons.values(), interval]), status,
+        widgets.HBox([panels.progress_bar, panels.eta]), view.history_image,
+        widgets.HBox(map_row), widgets.HTML("<b>the map against solver time</b> (one "
+                                            "snapshot per band limit)"),
+        widgets.HBox([panels.strip_image]), widgets.HBox([panels.fsc_image, panels.is_image])])
     view._update_buttons()
     view.redraw()
     return view

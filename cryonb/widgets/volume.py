@@ -88,7 +88,7 @@ class IsosurfaceView:
         self.volume = vol
         lo, hi = float(vol.min()), float(vol.max())
         level = min(max(self.level.value, lo), hi)
-        self._quiet = True
+        quiet, self._quiet = self._quiet, True
         try:  # keep min <= max at every step (the slider validates each assignment)
             if lo > self.level.max:
                 self.level.max, self.level.min = hi, lo
@@ -96,6 +96,30 @@ class IsosurfaceView:
                 self.level.min, self.level.max = lo, hi
             self.level.step = (hi - lo) / 200 if hi > lo else 1e-6
             self.level.value = level
+        finally:
+            self._quiet = quiet
+        if not quiet:
+            self.redraw()
+
+    def show_map(self, volume: ArrayLike, pixel_size_A: float | None = None,
+                 level: float | None = None) -> None:
+        """Draw another map, of any box, at ``level`` (default: its 2 % level), once.
+
+        The axes follow the new box (in Å about its centre); the slider's range follows the
+        map.  What the dashboard calls for each new state of a running solver.
+        """
+        vol = np.asarray(volume, dtype=np.float32)
+        if pixel_size_A is not None:
+            self.pixel_size_A = float(pixel_size_A)
+        if self.volume is None or vol.shape != np.shape(self.volume):
+            half = vol.shape[0] / 2 * self.pixel_size_A
+            self.figure.xlim, self.figure.ylim, self.figure.zlim = ((-half, half),) * 3
+            self.volume = None
+        start = default_iso_level(vol) if level is None else float(level)
+        self._quiet = True
+        try:
+            self.set_volume(vol)
+            self.level.value = min(max(start, self.level.min), self.level.max)
         finally:
             self._quiet = False
         self.redraw()
