@@ -27,6 +27,9 @@ class Evaluation:
         Gradient of ``nll.sum()`` with respect to the real-space density.
     fraction_evaluated : float
         Fraction of the quadrature points evaluated (importance sampling).
+    fraction_first_visit : float
+        Share of the images whose importance sampler held no posterior before this
+        evaluation (a first visit is scored on every point); NaN without a sampler.
     token : object
         Opaque; pass back as ``reuse=`` to evaluate again on the same pose samples.
     timings : dict of str to float
@@ -38,6 +41,7 @@ class Evaluation:
     nll: NDArray
     grad: NDArray | None
     fraction_evaluated: float = 1.0
+    fraction_first_visit: float = float("nan")
     token: Any = None
     timings: dict[str, float] = field(default_factory=dict)
 

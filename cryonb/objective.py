@@ -87,6 +87,8 @@ class SampledObjective:
         clock = time.perf_counter
         t0 = clock()
         times = {"io": 0.0, "is": 0.0}
+        seen = getattr(self.sampler, "seen", None)  # optional in a sampler's protocol
+        first = float("nan") if seen is None else 1.0 - float(np.mean(seen(idx)))
         if reuse is not None:
             prepared, subsets = reuse
         else:
@@ -108,7 +110,8 @@ class SampledObjective:
         fraction = float(np.mean(result.n_evaluated)) / lik.quadrature.size
         grad = None if result.gradient is None else -np.asarray(result.gradient, np.float64)
         return Evaluation(nll=-np.asarray(result.log_likelihood, dtype=np.float64), grad=grad,
-                          fraction_evaluated=fraction, token=(prepared, subsets), timings=times)
+                          fraction_evaluated=fraction, fraction_first_visit=first,
+                          token=(prepared, subsets), timings=times)
 
 
     def restrict_token(self, token: Any, rows: NDArray) -> Any:

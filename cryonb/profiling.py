@@ -58,7 +58,9 @@ def profile_table(solvers: Iterable[tuple[str, Iterable[Mapping[str, Any]]]]
     -------
     list of dict
         One row per (solver, band limit) in the order met: ``solver``, ``max_freq_invA``,
-        ``resolution_A``, ``iterations``, ``fraction_evaluated`` (mean), ``t_iteration_s``
+        ``resolution_A``, ``iterations``, ``fraction_evaluated`` (mean),
+        ``fraction_first_visit`` (mean share of images with no recorded posterior: scored on
+        every point; NaN without a sampler), ``t_iteration_s``
         (mean) and ``t_<phase>_s`` (means; records without timings count as 0).
     """
     rows: list[dict[str, Any]] = []
@@ -71,6 +73,7 @@ def profile_table(solvers: Iterable[tuple[str, Iterable[Mapping[str, Any]]]]
             row: dict[str, Any] = {
                 "solver": name, "max_freq_invA": w, "resolution_A": 1.0 / w, "iterations": n,
                 "fraction_evaluated": sum(float(r["fraction_evaluated"]) for r in recs) / n,
+                "fraction_first_visit": _mean(recs, "fraction_first_visit", nan_if_none=True),
                 "t_iteration_s": _mean(recs, "t_iteration_s")}
             for phase in PHASES:
                 row[field_name(phase)] = _mean(recs, field_name(phase))
@@ -78,19 +81,29 @@ def profile_table(solvers: Iterable[tuple[str, Iterable[Mapping[str, Any]]]]
     return rows
 
 
-def _mean(records: list[Mapping[str, Any]], key: str) -> float:
-    values = [float(r.get(key, 0.0)) for r in records]
+def _mean(records: list[Mapping[str, Any]], key: str, *, nan_if_none: bool = False) -> float:
+    missing = math.nan if nan_if_none else 0.0  # a record without the field
+    values = [float(r.get(key, missing)) for r in records]
     values = [v for v in values if math.isfinite(v)]
-    return sum(values) / len(values) if values else 0.0
+    if not values:
+        return math.nan if nan_if_none else 0.0
+    return sum(values) / len(values)
+
+
+def _share(value: Any) -> str:
+    """A share as a percentage, or "-" when unknown (no sampler, or an old record)."""
+    v = math.nan if value is None else float(value)
+    return f"{v:8.0%}" if math.isfinite(v) else f"{'-':>8}"
 
 
 def format_profile(rows: list[dict[str, Any]]) -> str:
     """:func:`profile_table`'s rows as a fixed-width text table (seconds per iteration)."""
-    head = ["solver", "res Å", "its", "points", "s/it", *PHASES]
+    head = ["solver", "res Å", "its", "points", "new", "s/it", *PHASES]
     lines = ["  ".join(f"{h:>8}" for h in head)]
     for r in rows:
         cells = [f"{r['solver']:>8}", f"{r['resolution_A']:8.1f}", f"{r['iterations']:8d}",
-                 f"{r['fraction_evaluated']:8.2%}", f"{r['t_iteration_s']:8.2f}"]
+                 f"{r['fraction_evaluated']:8.2%}", _share(r.get("fraction_first_visit")),
+                 f"{r['t_iteration_s']:8.2f}"]
         cells += [f"{r[field_name(p)]:8.3f}" for p in PHASES]
         lines.append("  ".join(cells))
     return "\n".join(lines)

@@ -86,8 +86,8 @@ def random_spheres(box_size: int, rng: np.random.Generator, *, n_spheres: int = 
 # --------------------------------------------------------------------------- the solver
 _RECORD_FIELDS = ("iteration", "clock", "stage", "max_freq_invA", "objective", "prior",
                   "heldout_nll",
-                  "L", "eps", "step_size", "fraction_evaluated", "wall_time_s", "batch",
-                  "t_iteration_s", *(field_name(p) for p in PHASES))
+                  "L", "eps", "step_size", "fraction_evaluated", "fraction_first_visit",
+                  "wall_time_s", "batch", "t_iteration_s", *(field_name(p) for p in PHASES))
 
 
 @dataclass
@@ -400,7 +400,8 @@ class SAGDSolver:
                   "prior": prior_term,
                   "heldout_nll": heldout, "L": st.L,
                   "eps": eps, "step_size": eps / st.L,
-                  "fraction_evaluated": ev.fraction_evaluated, "wall_time_s": st.elapsed_s,
+                  "fraction_evaluated": ev.fraction_evaluated,
+                  "fraction_first_visit": ev.fraction_first_visit, "wall_time_s": st.elapsed_s,
                   "batch": batch, "t_iteration_s": took,
                   **{field_name(ph): float(times.get(ph, 0.0)) for ph in PHASES}}
         st.records.append(record)

@@ -19,8 +19,17 @@ of the viewer's iso-surfaces drew, that choosing another pair of maps redraws th
 that the particle page slider brings new reprojections.
 
 Screenshots (the page after the run, the first cell whose output has a slider other than the
-live dashboard, and for notebook 02 the dashboard and the run viewer) are saved in
-``test-artefacts/browser/`` (or ``$CRYONB_ARTEFACTS/browser``).  The test is marked slow (it
+live dashboard, and for notebook 02 the dashboard while the halves run, the dashboard at the
+end, the FSC and the run viewer) are saved in ``test-artefacts/browser/`` (or
+``$CRYONB_ARTEFACTS/browser``).
+
+Two environment variables make the README's screenshots (``./run screenshots``):
+
+* ``CRYONB_NOTEBOOK_PARAMS``: a JSON file ``{notebook stem: {name: value}}``; each value is
+  written into the notebook copy's cell tagged ``parameters`` (the line ``name = ...`` is
+  replaced, a new name appended), so a notebook can run larger or open another run folder;
+* ``CRYONB_SCREENSHOTS_DIR``: the screenshots the README shows (:data:`README_SHOTS`) are
+  also written there (``docs/img``).  The test is marked slow (it
 runs in the second stage of ``.ci/run``); set ``CRYONB_SKIP_BROWSER=1`` to skip it locally.
 """
 
@@ -60,6 +69,64 @@ pytestmark = [
 
 #: Screenshots are test artefacts: the page after the run, and the first cell with a slider.
 ARTEFACTS = Path(os.environ.get("CRYONB_ARTEFACTS", ROOT / "test-artefacts")) / "browser"
+#: Where the README's screenshots go as well (unset: nowhere else).
+SCREENSHOTS_DIR = os.environ.get("CRYONB_SCREENSHOTS_DIR", "")
+#: The screenshots the README shows: artefact names (without ``.png``).
+README_SHOTS = ("01_synthetic_groel", "02_reconstruct_groel",
+                "02_reconstruct_groel_dashboard_live", "02_reconstruct_groel_fsc",
+                "02_reconstruct_groel_run_viewer", "03_real_data_workflow",
+                "04_importance_sampling_study")
+#: Cells screenshotted alone (besides the first with a slider): notebook stem -> (name,
+#: text of the cell's source).
+CELL_SHOTS = {"02_reconstruct_groel": (("fsc", "fsc_figure(curves"),)}
+
+
+def notebook_params() -> dict[str, dict]:
+    """``{stem: {name: value}}`` from the JSON file ``$CRYONB_NOTEBOOK_PARAMS`` ({} unset)."""
+    path = os.environ.get("CRYONB_NOTEBOOK_PARAMS", "")
+    if not path:
+        return {}
+    params = json.loads(Path(path).read_text())
+    if not isinstance(params, dict) or not all(isinstance(v, dict) for v in params.values()):
+        raise ValueError(f"{path}: expected {{notebook stem: {{name: value}}}}")
+    # "{root}" in a string value stands for the repository (the copies run elsewhere)
+    return {stem: {k: v.replace("{root}", str(ROOT)) if isinstance(v, str) else v
+                   for k, v in values.items()} for stem, values in params.items()}
+
+
+def inject_parameters(notebook: dict, values: dict) -> dict:
+    """``notebook`` (nbformat JSON) with ``values`` set in its cell tagged ``parameters``.
+
+    A line ``name = ...`` (with any comment after it) becomes ``name = repr(value)  #
+    (screenshot parameter)``; a name the cell lacks is appended.  Raises ``ValueError``
+    without such a cell.
+    """
+    import re
+
+    cells = [c for c in notebook["cells"]
+             if "parameters" in c.get("metadata", {}).get("tags", [])]
+    if not cells:
+        raise ValueError("the notebook has no cell tagged 'parameters'")
+    cell = cells[0]
+    source = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+    lines = source.split("\n")
+    for name, value in values.items():
+        new = f"{name} = {value!r}  # (screenshot parameter)"
+        pattern = re.compile(rf"^{re.escape(name)}\s*=")
+        hits = [i for i, line in enumerate(lines) if pattern.match(line)]
+        if hits:
+            lines[hits[0]] = new
+        else:
+            lines.append(new)
+    cell["source"] = "\n".join(lines)
+    return notebook
+
+
+def save_shot(path: Path) -> None:
+    """Copy an artefact the README shows into ``$CRYONB_SCREENSHOTS_DIR``."""
+    if SCREENSHOTS_DIR and path.stem in README_SHOTS and path.exists():
+        Path(SCREENSHOTS_DIR).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, Path(SCREENSHOTS_DIR) / path.name)
 
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                  "--disable-background-networking", "--disable-component-update",
@@ -109,8 +176,13 @@ class Lab:
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
     root = tmp_path_factory.mktemp("lab")
+    params = notebook_params()
     for nb in NOTEBOOKS:
-        shutil.copy(nb, root / nb.name)
+        if nb.stem in params:
+            (root / nb.name).write_text(json.dumps(inject_parameters(
+                json.loads(nb.read_text()), params[nb.stem]), indent=1))
+        else:
+            shutil.copy(nb, root / nb.name)
     config = tmp_path_factory.mktemp("jupyter_config")
     (config / "labconfig").mkdir()
     (config / "labconfig" / "page_config.json").write_text(json.dumps(
@@ -257,7 +329,8 @@ def _drive_run_viewer(page, stem: str) -> None:
     assert _drew_a_surface(dashboard.locator("canvas").first), \
         "the dashboard's iso-surface is empty"
     assert len(_cell_images(dashboard)) >= 5, "the dashboard's panels did not draw"
-    assert "ETA" in dashboard.inner_text() or "100 %" in dashboard.inner_text()
+    text = dashboard.inner_text()
+    assert "finished after" in text  # the ETA became what the run used
     _screenshot_cell(page, dashboard, ARTEFACTS / f"{stem}_dashboard.png")
 
     viewer = _code_cell(page, "RunViewer(")
@@ -281,6 +354,9 @@ def _drive_run_viewer(page, stem: str) -> None:
     handle.focus()
     handle.press("ArrowRight")
     _wait(lambda: _cell_images(viewer) != before, 120, "new reprojections after the slider")
+    before = _cell_images(viewer)  # back to the gold-standard pair for the screenshot
+    select.select_option(index=0)
+    _wait(lambda: _cell_images(viewer) != before, 120, "the gold-standard FSC again")
     _screenshot_cell(page, viewer, ARTEFACTS / f"{stem}_run_viewer.png")
     page.set_viewport_size({"width": 1400, "height": 1000})
 
@@ -293,6 +369,27 @@ def _screenshot_cell(page, cell, path: Path) -> None:
     cell.scroll_into_view_if_needed()
     time.sleep(1.0)
     cell.screenshot(path=str(path))
+    save_shot(path)
+
+
+def _live_dashboard(page, stem: str, taken: list) -> None:
+    """While the cells run: once the dashboard of ``stem`` shows the halves running (its
+    status names half1 and all five panels, the half-set FSC included, hold a picture), a
+    screenshot of it (``<stem>_dashboard_live``), once."""
+    if taken:
+        return
+    cell = _code_cell(page, "SolverDashboard(run")
+    if not cell.count():
+        return
+    text = cell.inner_text()
+    # the five panels (history, sections, strip, FSC, points per domain) hold a picture
+    drawn = cell.locator(".jp-OutputArea-output img").evaluate_all(
+        "imgs => imgs.filter(i => i.naturalWidth > 0).length")
+    if "(half1)" in text and "running" in text and drawn >= 5:
+        ARTEFACTS.mkdir(parents=True, exist_ok=True)
+        _screenshot_cell(page, cell, ARTEFACTS / f"{stem}_dashboard_live.png")
+        page.set_viewport_size({"width": 1400, "height": 1000})
+        taken.append(True)
 
 
 @pytest.mark.timeout(3600)
@@ -317,7 +414,11 @@ def test_notebook_runs_in_jupyterlab(lab, browser, path, tmp_path):
         _menu(page, "Run", "runmenu:run-all", "notebook:run-all-cells")
         _wait(lambda: any("*" in p for p in _prompts(page)), 30, "the cells to be queued")
 
+        live: list = []
+
         def finished() -> bool:
+            if "SolverDashboard(run" in source:
+                _live_dashboard(page, path.stem, live)
             prompts = _prompts(page)
             return (not any("*" in p for p in prompts) and _kernel_ready(lab, name)
                     and any(ch.isdigit() for ch in "".join(prompts)))
@@ -326,6 +427,9 @@ def test_notebook_runs_in_jupyterlab(lab, browser, path, tmp_path):
         time.sleep(1.0)  # let the last outputs and widget views render
         ARTEFACTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(ARTEFACTS / f"{path.stem}_page.png"), full_page=True)
+        for shot, text in CELL_SHOTS.get(path.stem, ()):
+            _screenshot_cell(page, _code_cell(page, text), ARTEFACTS / f"{path.stem}_{shot}.png")
+        page.set_viewport_size({"width": 1400, "height": 1000})
 
         n_ran = sum(any(ch.isdigit() for ch in p) for p in _prompts(page))
         _menu(page, "File", "docmanager:save")
@@ -379,6 +483,7 @@ def test_notebook_runs_in_jupyterlab(lab, browser, path, tmp_path):
             cell.scroll_into_view_if_needed()
             time.sleep(1.0)
             cell.screenshot(path=str(ARTEFACTS / f"{path.stem}.png"))
+            save_shot(ARTEFACTS / f"{path.stem}.png")
             page.set_viewport_size({"width": 1400, "height": 1000})
         time.sleep(0.5)  # errors raised by the last interaction arrive asynchronously
         unexpected = ([f"pageerror: {e}" for e in page_errors

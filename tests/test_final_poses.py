@@ -7,7 +7,7 @@ import pytest
 from scipy.special import logsumexp
 
 from cryonb.dataset import Dataset
-from cryonb.final_poses import batch_order, final_poses
+from cryonb.final_poses import batch_order, batch_union, final_poses
 from cryonb.importance import ImportanceSampler, ISSchedule
 from cryonb.likelihood import PoseSubset
 from cryonb.objective import MarginalObjective, QuadratureOptions
@@ -50,11 +50,14 @@ def _exhaustive(obj, vol, images, sigma):
 @pytest.fixture(autouse=True)
 def _local_subsets_stay_local(monkeypatch):
     """The tests exercise the local search itself: no subset is widened to the whole grid
-    (the dense switch has its own test) and the coarse-to-fine search is not gated by size."""
+    (the dense switch has its own test), the coarse-to-fine search is not gated by size and
+    batches are not merged (:func:`batch_union` has its own tests)."""
     import cryonb.final_poses as fp
 
     monkeypatch.setattr(fp, "DENSE_FRACTION", 1.0)
     monkeypatch.setattr(fp, "COARSE_MIN_RATIO", 0.0)
+    # ratio 1: a union (at least as large as each subset) never costs less, so no batch merges
+    monkeypatch.setattr(fp, "SPARSE_COST_RATIO_NO_GRADIENT", 1.0)
 
 
 @pytest.mark.parametrize("record_at", [W_COARSE, W_FINE], ids=["coarser-grid", "same-grid"])
@@ -232,11 +235,13 @@ def test_wide_subsets_are_scored_on_the_whole_grid(grid_problem, monkeypatch):
     obj.set_band_limit(W_FINE)
     exact, *_ = _exhaustive(obj, vol, images, 1.0)
     sampler.update(np.arange(N_IMG), None, exact, 0)  # T = 1, same grid: compact subsets
-    local = fp.LocalSearch(sampler, 0.99).sample(np.arange(N_IMG), quad, 0, None)
+    local = fp.LocalSearch(sampler, 0.99, merge=False).sample(np.arange(N_IMG), quad, 0,
+                                                               None)
     sizes = np.array([sub.n_points for sub in local])
     assert np.all(sizes < quad.size)
     monkeypatch.setattr(fp, "DENSE_FRACTION", float(np.median(sizes)) / quad.size)
-    mixed = fp.LocalSearch(sampler, 0.99).sample(np.arange(N_IMG), quad, 0, None)
+    mixed = fp.LocalSearch(sampler, 0.99, merge=False).sample(np.arange(N_IMG), quad, 0,
+                                                               None)
     for sub, size in zip(mixed, sizes, strict=True):
         assert sub.n_points == (quad.size if size > np.median(sizes) else size)
     # broad (never visited) records and no room for coarse-to-fine: exhaustive, exact MAP
@@ -246,3 +251,61 @@ def test_wide_subsets_are_scored_on_the_whole_grid(grid_problem, monkeypatch):
     (half,) = final_poses([(fresh, vol, fresh.dataset)], model, progress=False)
     np.testing.assert_array_equal(half.n_evaluated, quad.size)
     np.testing.assert_array_equal(half.indices[:, 0], exact.map_direction)
+
+
+def _subset(d, i, s, log_w=0.0):
+    d, i, s = (np.asarray(x) for x in (d, i, s))
+    return PoseSubset(d, i, s, np.full(d.size, log_w), np.zeros(i.size), np.zeros(s.size))
+
+
+def test_batch_union_merges_only_when_cheaper(monkeypatch):
+    """The union of a batch's subsets replaces them when B |U| < sum of the per-image costs
+    (SPARSE_COST_RATIO_NO_GRADIENT x points for local subsets): identical subsets always,
+    disjoint ones whose union would cost more never, and never subsets with importance
+    weights (their estimator needs its own subset)."""
+    import cryonb.final_poses as fp
+
+    ratio = 16.0  # the module's measured value (the autouse fixture sets 1)
+    monkeypatch.setattr(fp, "SPARSE_COST_RATIO_NO_GRADIENT", ratio)
+    same = [_subset([3, 4], [0, 1, 2], [0, 1]) for _ in range(5)]
+    merged = batch_union(same, 1000)
+    assert merged is not None and merged.n_points == 12
+    # two overlapping subsets: union 3 x 3 x 2 = 18 points for 2 images (36) against
+    # ratio x (12 + 12): merged, and each image's subset lies inside the union
+    a, b = _subset([3, 4], [0, 1, 2], [0, 1]), _subset([4, 5], [0, 1, 2], [0, 1])
+    u = batch_union([a, b], 1000)
+    assert u is not None
+    for sub in (a, b):
+        for d in DOMAINS:
+            assert set(getattr(sub, d)) <= set(getattr(u, d))
+    assert not u.has_importance_weights
+    # n disjoint single points: union n^3 points for n images, own cost ratio x n
+    n = int(np.ceil(np.sqrt(ratio))) + 1
+    spread = [_subset([k], [k], [k]) for k in range(n)]
+    assert n * n ** 3 > ratio * n and batch_union(spread, 1000) is None
+    assert batch_union([_subset([1], [1], [1], log_w=-0.5)] * 3, 1000) is None
+    assert batch_union(same[:1], 1000) is None
+
+
+def test_merged_batches_keep_the_exhaustive_map(grid_problem, monkeypatch):
+    """Forced to merge every batch (the union is a superset of each image's subset, scored
+    exactly), the final poses are still the exhaustive MAP poses."""
+    import cryonb.final_poses as fp
+
+    monkeypatch.setattr(fp, "SPARSE_COST_RATIO_NO_GRADIENT", 1e12)
+    vol, images, quad, model, _ = grid_problem
+    sampler = ImportanceSampler(N_IMG, ISSchedule.constant(0.05))
+    obj = _objective(images, 1.0, sampler)
+    obj.set_band_limit(W_COARSE)
+    first, *_ = _exhaustive(obj, vol, images, 1.0)
+    sampler.update(np.arange(N_IMG), None, first, 0)
+    obj.set_band_limit(W_FINE)
+    exact, *_ = _exhaustive(obj, vol, images, 1.0)
+    (half,) = final_poses([(obj, vol, obj.dataset)], model, batch_size=3, progress=False)
+    np.testing.assert_array_equal(half.indices, np.stack(
+        [exact.map_direction, exact.map_inplane, exact.map_shift], 1))
+    # each batch of 3 (in batch_order) scored its union: the images of a batch count the
+    # same points, so there are at most 2 distinct counts, each at least the image's own
+    own = np.array([s.n_points for s in sampler.local_subsets(np.arange(N_IMG), quad, 0.99)])
+    assert len(np.unique(half.n_evaluated)) <= N_IMG // 3
+    assert np.all(half.n_evaluated >= own)

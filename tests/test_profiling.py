@@ -41,3 +41,36 @@ def test_the_phases_of_a_record_add_up_to_its_iteration():
 def test_records_without_timings_count_zero():
     rows = profile_table([("half1", [{"max_freq_invA": 0.05, "fraction_evaluated": 0.5}])])
     assert rows[0]["t_scores_s"] == 0.0 and rows[0]["fraction_evaluated"] == 0.5
+
+
+def test_first_visits_are_counted_per_evaluation():
+    """``fraction_first_visit``: the share of a batch with no recorded posterior before the
+    evaluation (1 for a fresh sampler, the unseen share after a partial record, NaN without a
+    sampler); the profile averages it and prints "-" where it is unknown."""
+    from cryonb.dataset import Dataset
+    from cryonb.importance import ImportanceSampler, ISSchedule
+    from cryonb.objective import MarginalObjective, QuadratureOptions
+
+    rng = np.random.default_rng(0)
+    n, box = 12, 16
+    ds = Dataset.from_arrays(rng.standard_normal((n, box, box)), 6.0)
+    vol = rng.standard_normal((box,) * 3)
+    opts = QuadratureOptions(shift_sigma_A=6.0, shift_extent_A=6.0)
+    obj = MarginalObjective(ds, 1.0, rng=rng, quadrature=opts,
+                            sampler=ImportanceSampler(n, ISSchedule.constant(0.5)))
+    obj.set_band_limit(0.03)
+    first = obj.evaluate(vol, np.arange(0, 6), gradient=False, record=True, iteration=0)
+    again = obj.evaluate(vol, np.arange(3, 9), gradient=False, record=True, iteration=1)
+    assert first.fraction_first_visit == 1.0 and again.fraction_first_visit == 0.5
+    plain = MarginalObjective(ds, 1.0, rng=rng, quadrature=opts)
+    plain.set_band_limit(0.03)
+    assert np.isnan(plain.evaluate(vol, np.arange(3), gradient=False,
+                                   record=False).fraction_first_visit)
+    recs = [{"max_freq_invA": 0.03, "fraction_evaluated": 1.0, "fraction_first_visit": v}
+            for v in (first.fraction_first_visit, again.fraction_first_visit)]
+    rows = profile_table([("half1", recs), ("half2", [{"max_freq_invA": 0.03,
+                                                       "fraction_evaluated": 1.0}])])
+    assert rows[0]["fraction_first_visit"] == pytest.approx(0.75)
+    assert np.isnan(rows[1]["fraction_first_visit"])
+    lines = format_profile(rows).splitlines()
+    assert "new" in lines[0].split() and "75%" in lines[1].split() and "-" in lines[2].split()

@@ -209,8 +209,21 @@ def test_ctf_figure_draws_evaluate_ctf_along_u_and_v():
     assert len(zeros) > 3
     np.testing.assert_allclose(evaluate_ctf(ctf, zeros * np.cos(a), zeros * np.sin(a))[0], 0.0,
                                atol=1e-3)
+    assert "defocus U 1.50 µm, V 1.40 µm" in ax1.get_title()
+    # the 2D picture: 512 samples over -Nyquist .. Nyquist, NaN outside the Nyquist circle.
+    # Rings are resolved: the phase pi lambda df k^2 turns by pi over dk = 1 / (2 lambda df
+    # k), 6.8e-3 1/Å at Nyquist (300 kV: lambda = 0.0197 Å); the box's own grid (1/64 Å)
+    # would alias them, the picture's spacing (0.5 / 511) is 7 times finer
     (image,) = ax2.get_images()
-    assert np.asarray(image.get_array()).shape == (32, 32)
+    values = np.asarray(np.ma.filled(image.get_array(), np.nan))
+    assert values.shape == (512, 512)
+    k = np.linspace(-0.25, 0.25, 512)
+    kx, ky = np.meshgrid(k, k)
+    inside = kx**2 + ky**2 <= 0.25**2
+    assert np.isnan(values[~inside]).all() and np.isnan(values[0, 0])
+    np.testing.assert_allclose(values[inside], evaluate_ctf(ctf, kx, ky)[0][inside], atol=1e-12)
+    ring_width = 1 / (2 * 0.019687 * 15000.0 * 0.25)
+    assert 0.5 / 511 < ring_width / 4 and 1 / 64 > ring_width
 
 
 def test_is_error_curves_figure_plots_rmse_and_fraction():
@@ -293,6 +306,22 @@ def test_domain_fractions_follow_the_draw_rule():
                    "fraction_shifts": pytest.approx(3 / 9)}
 
 
+def test_history_figures_share_their_labelling():
+    """run_history_figure and solver_history_figure label the objective and band-limit
+    panels alike (one helper): log objective, Å band limit with finer resolution up."""
+    from cryonb.viz import run_history_figure
+
+    records = _records(6)
+    for fig, xlabel in ((solver_history_figure(records, title="t"), "iteration"),
+                        (run_history_figure(records, title="t"), "solver time (min)")):
+        ax_nll, ax_res = fig.axes[:2]
+        assert ax_nll.get_ylabel() == "mean NLL per image" and ax_nll.get_yscale() == "log"
+        assert ax_res.get_ylabel() == "band limit 1/w (Å)" and ax_res.yaxis_inverted()
+        assert all(ax.get_xlabel() == xlabel for ax in fig.axes)
+        assert fig.get_suptitle() == "t"
+    assert run_history_figure([]).axes[1].texts[0].get_text() == "no iterations yet"
+
+
 def test_history_time_table_puts_the_halves_after_the_common_start():
     from cryonb.viz import history_time_table, run_history_figure
 
@@ -323,3 +352,28 @@ def test_fsc_resolution_figure_labels_angstrom_at_their_frequencies():
     assert "10" in labels and "20" in labels and top.get_xlabel() == "resolution (Å)"
     np.testing.assert_allclose(ticks, [float(s) for s in labels])
     assert ax.get_xlim() == pytest.approx((0.0, 1 / 8.0))  # to Nyquist of 4 Å pixels
+
+
+def test_gaussian_lowpass_halves_the_amplitude_at_the_resolution_and_compares_maps():
+    """By numpy's own FFT: the gain at |k| is exp(-ln 2 (|k| d)^2), 1/2 at 1/d; no ringing."""
+    from cryonb.viz.maps import gaussian_lowpass, maps_for_comparison
+
+    rng = np.random.default_rng(0)
+    vol = rng.normal(size=(16, 16, 16))
+    out = gaussian_lowpass(vol, 5.0, 20.0)
+    k = np.fft.fftfreq(16, 5.0)
+    kk = np.sqrt(k[:, None, None] ** 2 + k[None, :, None] ** 2 + k[None, None, :] ** 2)
+    gain = np.fft.fftn(out) / np.fft.fftn(vol)
+    np.testing.assert_allclose(gain.real, np.exp(-np.log(2) * (kk * 20.0) ** 2), atol=1e-9)
+    np.testing.assert_allclose(gain.imag, 0.0, atol=1e-9)
+    assert np.exp(-np.log(2) * (0.05 * 20.0) ** 2) == pytest.approx(0.5)
+    delta = np.zeros((16, 16, 16))
+    delta[8, 8, 8] = 1.0
+    # negative lobes: only from the Gaussian's tail cut at Nyquist (gain 0.06 there along an
+    # axis), under 1 % of the peak; the raised-cosine cut at the same resolution rings at > 5 %
+    smooth, sharp = gaussian_lowpass(delta, 5.0, 20.0), low_pass(delta, 5.0, 20.0)
+    assert smooth.min() > -0.01 * smooth.max() and sharp.min() < -0.05 * sharp.max()
+    pair = maps_for_comparison({"a": 3 * vol + 2, "b": vol}, 5.0, 20.0)
+    for v in pair.values():
+        assert v.mean() == pytest.approx(0.0, abs=1e-12) and v.std() == pytest.approx(1.0)
+    np.testing.assert_allclose(pair["a"], pair["b"], atol=1e-12)  # scale and offset gone

@@ -150,7 +150,10 @@ def test_volume_viewer_low_pass_filters_slices_and_surfaces():
     assert len(view.isosurfaces) == 2
     n_vertices = len(view.isosurfaces[0].mesh.x)
     before = view.image.value
-    view.low_pass.value = 12.0  # Å; Nyquist is 4 Å
+    assert not view.state.low_pass_on and view.low_pass.disabled  # off at the start
+    np.testing.assert_array_equal(view.filtered_volumes()[0], noisy)
+    view.low_pass.value = 12.0  # Å; Nyquist is 4 Å: moving the slider turns the filter on
+    assert view.state.low_pass_on and view.low_pass_on.value and not view.low_pass.disabled
     filtered = view.filtered_volumes()[0]
     # the spectrum, by numpy's own FFT: 12 Å in a 24 px box of 2 Å is 4 Fourier px, kept
     # untouched there; the raised-cosine edge (2 px) leaves nothing from 6 px on.  Margin:
@@ -167,8 +170,45 @@ def test_volume_viewer_low_pass_filters_slices_and_surfaces():
     np.testing.assert_array_equal(view.isosurfaces[0].volume, filtered)
     assert len(view.isosurfaces[0].mesh.x) != n_vertices
     assert view.image.value != before and "low-pass 12.0 Å" in view.figure.axes[0].get_title()
+    view.low_pass_on.value = False  # the checkbox: back to the maps as they are
+    assert view.low_pass.disabled and view.low_pass_resolution_A is None
+    np.testing.assert_array_equal(view.isosurfaces[0].volume, noisy)
+    assert "low-pass" not in view.figure.axes[0].get_title()
+    # started on at a resolution (a run's fitted band limit), one iso-level for both maps
+    on = VolumeViewer([noisy, _offset_blob(24)], 2.0, low_pass_A=12.0, iso_level=0.4)
+    assert on.state.low_pass_on and on.low_pass.value == pytest.approx(12.0)
+    np.testing.assert_allclose(on.filtered_volumes()[0], filtered)
+    np.testing.assert_allclose(on.isosurfaces[0].volume, filtered, rtol=1e-6)
+    assert [v.level.value for v in on.isosurfaces] == pytest.approx([0.4, 0.4])
+    with pytest.raises(ValueError, match="iso-levels"):
+        VolumeViewer([noisy, noisy], 2.0, iso_level=[0.1, 0.2, 0.3])
     with pytest.raises(ValueError, match="one box"):
         VolumeViewer([noisy, noisy[:20, :20, :20]], 2.0, show_3d=False)
+
+
+def test_isosurface_frames_the_surface_and_looks_from_above_the_side():
+    """The blob of radius sqrt(20 ln 2) = 3.7 px at level 0.5, centred (5, -3, 2) px: the
+    voxels above the level reach 5 + 3 = 8 px from the centre along x, so the view spans
+    1.05 * 8 px * 2 Å + one 2 Å voxel = 18.8 Å, not the box's 32 Å."""
+    from cryonb.viz.maps import normalised_map
+    from cryonb.widgets.volume import surface_half_width_A
+
+    vol = _offset_blob()
+    assert surface_half_width_A(vol, 0.5, 2.0) == pytest.approx(18.8)
+    view = isosurface(vol, 2.0, level=0.5)
+    assert view.figure.xlim == pytest.approx((-18.8, 18.8)) and "±19 Å" in view.caption.value
+    assert not view.figure.style["box"]["visible"] and not view.figure.style["axes"]["visible"]
+    # camera at elevation 45 deg, distance 1.4: (0, 1.4 sin 45, 1.4 cos 45)
+    np.testing.assert_allclose(view.figure.camera.position, (0.0, 0.7 * np.sqrt(2),
+                                                             0.7 * np.sqrt(2)), atol=1e-12)
+    whole = isosurface(vol, 2.0, level=0.5, tight=False, show_axes=True)
+    assert whole.figure.xlim == pytest.approx((-32.0, 32.0)) and whole.figure.style["box"][
+        "visible"]
+    view.show_map(np.pad(vol, 8), 2.0, level=0.5)  # a 48-px box: the same surface, same span
+    assert view.figure.xlim == pytest.approx((-18.8, 18.8))
+    z = normalised_map(3.0 * vol + 7.0)
+    assert z.mean() == pytest.approx(0.0, abs=1e-12) and z.std() == pytest.approx(1.0)
+    np.testing.assert_allclose(z, normalised_map(vol), atol=1e-12)
 
 
 def test_isosurface_set_volume_keeps_the_level_in_range():
@@ -182,39 +222,51 @@ def test_isosurface_set_volume_keeps_the_level_in_range():
 
 # ----------------------------------------------------------------------------- ParticleBrowser
 def test_particle_browser_pages_filters_and_selection():
+    """The state keeps dataset indices (from 0) and Å; the controls, the table and the titles
+    number pages and particles from 1 and show defoci in µm."""
     ds = _particles()
     view = ParticleBrowser(ds, page_size=6)
     s = view.state
     assert (s.n_listed, s.n_pages, s.page, s.selected) == (20, 4, 0, 0)
-    assert view.page.max == 3 and "#5" in view.table.value and "#6" not in view.table.value
+    assert (view.page.value, view.page.min, view.page.max, view.particle.value) == (1, 1, 4, 1)
+    assert "#6" in view.table.value and "#7" not in view.table.value  # particles 1 .. 6
+    assert "page 1 of 4" in view.info.value and "selected #1." in view.info.value
+    assert [ax.get_title().split()[0] for ax in view.page_figure.axes[:2]] == ["#1", "#2"]
     before = view.page_image.value
-    view.page.value = 2  # control -> state; the selection follows the page
-    assert s.page == 2 and s.selected == 12 and view.particle.value == 12
-    assert view.page_image.value != before and "#12" in view.table.value
+    view.page.value = 3  # control -> state (page index 2); the selection follows the page
+    assert s.page == 2 and s.selected == 12 and view.particle.value == 13
+    assert view.page_image.value != before and "#13" in view.table.value
     ctf_before = view.ctf_image.value
-    view.particle.value = 3  # jump to particle 3: page 0
-    assert s.selected == 3 and s.page == 0 and view.page.value == 0
+    view.particle.value = 4  # jump to particle 4 (dataset index 3): page 1
+    assert s.selected == 3 and s.page == 0 and view.page.value == 1
     assert view.ctf_image.value != ctf_before
-    assert view.ctf_figure.axes[0].get_title().startswith("U 13000 Å")  # particle 3's CTF
-    # defocus filter on the mean (U + V) / 2 = 9900, 10900, ..., 28900 Å: 9 particles
-    view.defocus.value = (20000.0, 28900.0)
-    assert s.defocus_range_A == (20000.0, 28900.0)
-    assert s.n_listed == 9 and s.n_pages == 2 and view.page.max == 1
-    assert np.all(view.mean_defocus_A()[view.listed] >= 20000.0)
+    # particle 4's CTF: defocus U = 10000 + 3 * 1000 Å = 1.30 µm, V 200 Å less
+    assert view.ctf_figure.axes[0].get_title().startswith("defocus U 1.30 µm, V 1.28 µm")
+    assert "<td" in view.table.value and "padding" in view.table.value
+    assert "1.300" in view.table.value and "13000" not in view.table.value  # µm in the table
+    # defocus filter on the mean (U + V) / 2 = 0.99, 1.09, ..., 2.89 µm: 9 particles
+    view.defocus.value = (2.0, 2.89)  # µm
+    assert s.defocus_range_A == pytest.approx((20000.0, 28900.0))
+    assert s.n_listed == 9 and s.n_pages == 2 and view.page.max == 2
+    assert np.all(view.mean_defocus_A()[view.listed] >= 20000.0 - 1e-6)
     assert view.state.selected in view.listed  # moved onto the filtered page
     s.defocus_range_A = (15000.0, 15500.0)  # state -> control; nothing passes
-    assert view.defocus.value == (15000.0, 15500.0)
+    assert view.defocus.value == pytest.approx((1.5, 1.55))
     assert s.n_listed == 0 and "0 of 20" in view.info.value
     assert "outside the defocus filter" in view.info.value
+    assert view.info.value.endswith("(outside the defocus filter). "
+                                    "20 particles, 24 px at 4 Å/px")  # no file path
 
 
 def test_particle_browser_low_pass_and_posterior():
     ds = _particles()
     view = ParticleBrowser(ds, page_size=4)
+    assert view.state.low_pass_A == pytest.approx(20.0)  # the default shows the particles
+    assert ParticleBrowser(ds, low_pass_A=None).state.low_pass_A == pytest.approx(8.0)  # Nyquist
     assert "No posterior yet" in view.posterior_note.value
     before = view.page_image.value
-    view.low_pass.value = 20.0
-    assert view.state.low_pass_A == pytest.approx(20.0) and view.page_image.value != before
+    view.low_pass.value = 30.0
+    assert view.state.low_pass_A == pytest.approx(30.0) and view.page_image.value != before
     quad = Quadrature.from_counts(60, 6)
     rng = np.random.default_rng(2)
     logp = np.log(rng.dirichlet(np.ones(quad.n_directions), size=3))
@@ -224,11 +276,11 @@ def test_particle_browser_low_pass_and_posterior():
         log_marginal_inplane=np.full((3, 6), -np.log(6)), log_marginal_shifts=np.zeros((3, 1)),
         map_direction=np.argmax(logp, 1), map_inplane=np.zeros(3, int),
         map_shift=np.zeros(3, int), n_evaluated=np.full(3, 40 * 6), quadrature=quad)
-    view.set_likelihood_result(res, indices=[5, 1, 2])  # rows are particles 5, 1, 2
-    assert "not among" in view.posterior_note.value  # particle 0 is selected
-    view.particle.value = 1
+    view.set_likelihood_result(res, indices=[5, 1, 2])  # rows are particles 5, 1, 2 (from 0)
+    assert "not among" in view.posterior_note.value  # dataset index 0 is selected
+    view.particle.value = 2  # particle 2 = dataset index 1
     assert view.posterior_note.value == "" and view.posterior_figure is not None
-    assert "particle #1" in view.posterior_figure.axes[0].get_title()
+    assert "particle #2" in view.posterior_figure.axes[0].get_title()
     legend = [t.get_text() for t in view.posterior_figure.axes[0].get_legend().get_texts()]
     assert any(t.startswith("true") for t in legend) and any(t.startswith("mode") for t in legend)
     with pytest.raises(ValueError, match="indices"):
@@ -239,7 +291,9 @@ def test_particle_browser_on_real_particles():
     ds = Dataset.from_star(real_data_path("cryodrgn_empiar10076/empiar_10076_7.star"))
     view = ParticleBrowser(ds.fourier_cropped(64), page_size=4)
     assert view.state.n_listed == 7 and view.state.n_pages == 2
-    assert view.page_image.value[:4] == b"\x89PNG" and "15301" in view.table.value
+    assert view.page_image.value[:4] == b"\x89PNG" and "1.530" in view.table.value
+    star = real_data_path("cryodrgn_empiar10076/empiar_10076_7.star")
+    assert str(star.parent) not in view.info.value and "empiar" not in view.info.value
 
 
 # ----------------------------------------------------------------------------- SolverDashboard
@@ -337,6 +391,48 @@ def test_dashboard_reports_a_finished_run_and_saves_when_idle(tmp_path):
     assert view.monitor.message.startswith("reached max_iterations")
     view.save_checkpoint()  # nothing running: written at once
     assert load_checkpoint(tmp_path / "c.npz")["volume"].shape == (16, 16, 16)
+
+
+def test_dashboard_status_follows_a_foreground_run_and_an_early_finish():
+    """``solver.run()`` in the cell: the status reads running, and when a rule other than the
+    budget stops the run (here a stop at iteration 3 of a 50-iteration budget), finished with
+    the reason; the ETA then states what was used (4 of 50 iterations = 8 %), not the last
+    estimate of time left."""
+    def plateau(solver, record):
+        if record["iteration"] == 3:
+            solver.stop("held-out NLL stopped improving (test)")
+
+    solver = _solver(max_iterations=50, callback=plateau)
+    view = SolverDashboard(solver, redraw_interval_s=0.0, show_3d=False)
+    seen = []
+    view.monitor.observe(lambda c: seen.append(c["new"]), names="status")
+    assert view.monitor.status == "ready"
+    solver.run(max_steps=2, progress=False)
+    assert view.monitor.status == "running" and seen == ["running"]
+    assert view.panels.eta.value.startswith("ETA")
+    solver.run(progress=False)  # stops after iteration 3 (the 4th)
+    assert solver.iteration == 4 and view.monitor.status == "finished"
+    assert view.monitor.message == "held-out NLL stopped improving (test)"
+    assert view.panels.eta.value.startswith("finished after")
+    assert "(8 % of 50 iterations): held-out NLL stopped" in view.panels.eta.value
+    assert "ETA" not in view.panels.eta.value
+    assert "<b>finished</b>" in view.status.value
+
+
+def test_dashboard_run_in_the_foreground_ends_finished():
+    solver = _solver(max_iterations=6)
+    view = SolverDashboard(solver, redraw_interval_s=600.0, show_3d=False)
+    seen = []
+    view.monitor.observe(lambda c: seen.append(c["new"]), names="status")
+    volume = view.run()
+    assert volume.shape == (16, 16, 16) and solver.iteration == 6
+    assert seen[0] == "running" and view.monitor.status == "finished"
+    assert view.monitor.message.startswith("reached max_iterations")
+    # the final redraw happened although the interval is 600 s, and the ETA is the end
+    assert "iteration 6" in view.map_figure.axes[0].get_title()
+    assert view.panels.eta.value.startswith("finished after") and "100 % of 6" in \
+        view.panels.eta.value
+    assert not view.running and not view.start_button.disabled
 
 
 @pytest.mark.slow
@@ -476,7 +572,11 @@ def test_dashboard_draws_the_surface_snapshots_per_band_limit_and_eta():
     assert panels.iso.level.value == pytest.approx(default_iso_level(solver.volume), rel=1e-5)
     verts, _ = isosurface_mesh(solver.volume.astype(np.float32), panels.iso.level.value, 4.0)
     np.testing.assert_allclose(np.asarray(panels.iso.mesh.x), verts[:, 0], rtol=1e-5)
-    assert panels.iso.figure.xlim == pytest.approx((-32.0, 32.0))  # 16 px * 4 Å / 2
+    from cryonb.widgets.volume import surface_half_width_A
+
+    half = surface_half_width_A(solver.volume, panels.iso.level.value, 4.0)
+    assert 4 * 4.0 <= half <= 32.0  # at most the box: 16 px * 4 Å / 2
+    assert panels.iso.figure.xlim == pytest.approx((-half, half))
     # budget: 8 of 8 iterations
     assert panels.progress_bar.value == 1.0 and "100 % of 8 iterations" in panels.eta.value
     # known poses: no importance sampler, every point evaluated
@@ -498,6 +598,9 @@ def test_dashboard_on_a_job_shows_the_half_set_fsc_and_points_per_domain(tiny_ru
                       progress=False)
     view = SolverDashboard(run, redraw_interval_s=0.0, show_3d=False)
     summary = run.run()  # in the foreground: every record redraws
+    # the job writes no record after its loop: at its last one the budget (12 iterations)
+    # was used, so the status says the final poses and outputs follow
+    assert view.monitor.status == "finishing" and "final poses" in view.monitor.message
     panels = view.panels
     out = tmp_path / "run"
     h1, h2 = (read_mrc(out / f"sagd_half{i}.mrc").data for i in (1, 2))
@@ -579,12 +682,14 @@ def test_run_viewer_on_a_run_folder(tiny_run):
     assert float(np.sum(counts)) == len(ds) == 120
     np.testing.assert_array_equal(np.asarray(counts).reshape(18, 36),
                                   direction_histogram(ds.rotations).counts)
-    # projection matching: page 0 then page 2, correlations of real reprojections
-    assert list(view.match.indices) == list(range(6))
+    # projection matching: page 1 then page 3 (pages and particles counted from 1),
+    # correlations of real reprojections
+    assert view.page.value == 1 and list(view.match.indices) == list(range(6))
+    assert view.particles_figure.axes[0].get_title().startswith("#1 ")
     assert np.median(view.match.correlation) > 0.3, view.match.correlation
-    view.page.value = 2
+    view.page.value = 3
     assert list(view.match.indices) == list(range(12, 18))
-    assert view.page.max == 19 and view.particles_image.value[:4] == b"\x89PNG"
+    assert view.page.max == 20 and view.particles_image.value[:4] == b"\x89PNG"
 
 
 def test_compare_runs_recovers_a_hand_flip(tmp_path):
@@ -601,3 +706,70 @@ def test_compare_runs_recovers_a_hand_flip(tmp_path):
     assert "other hand" in view.widget.children[0].value
     same = compare_runs(tmp_path / "a", tmp_path / "a", show_3d=False)
     assert not same.score.flipped and same.score.correlation > 0.99
+
+
+def _spread_blobs(box=24, scale=2.0, sigma_px=2.0):
+    """The five blobs of :func:`_tiny_blobs`, twice as far apart and wider: a map whose
+    orientation a 24-px search can pin down."""
+    rng = np.random.default_rng(0)
+    k = np.arange(box) - box // 2
+    z, y, x = np.meshgrid(k, k, k, indexing="ij")
+    vol = np.zeros((box,) * 3)
+    for c in [(-3, 0, 1), (2, 2, -2), (0, -3, -2), (3, -1, 3), (-1, 3, 2)]:
+        cx, cy, cz = (scale * v for v in c)
+        vol += rng.uniform(0.5, 1.5) * np.exp(
+            -((x - cx) ** 2 + (y - cy) ** 2 + (z - cz) ** 2) / (2 * sigma_px**2))
+    return vol.astype(np.float32)
+
+
+def test_compare_runs_recovers_a_known_rotation_shift_and_hand(tmp_path):
+    """B is A moved by a known superposition T0 (mirror, rotation R0 = 40 deg about an oblique
+    axis, shift t0 Å; :func:`cryonb.alignment.apply_alignment`).  The superposition of B on
+    A must undo it: with M = diag(-1, 1, 1), apply(B, T)(x) = A(M R0^T (M R^T (x - t) - t0))
+    = A(x) for R = M R0^T M and t = -M R0^T t0, same mirror (that T restores A to
+    correlation 0.9999 is checked first, so the formula is not the thing under test).
+    Margins: 5 deg, the local search's first step (360 / sqrt(1500) / 2 = 4.6 deg; a search
+    stuck on its coarse grid is >= 10 deg off in-plane) and 5 Å, half a 10 Å voxel."""
+    from cryonb.alignment import Alignment, apply_alignment
+    from cryonb.io import write_mrc
+    from cryonb.rotations import axis_angle_to_matrix
+    from cryonb.widgets import compare_runs
+
+    vol = _spread_blobs()
+    axis = np.array([1.0, 2.0, 0.5]) / np.linalg.norm([1.0, 2.0, 0.5])
+    r0 = np.asarray(axis_angle_to_matrix(axis * np.deg2rad(40.0))).reshape(3, 3)
+    t0 = np.array([12.0, -8.0, 5.0])
+    moved = apply_alignment(vol, Alignment(r0, t0, True, 0.0), 10.0)
+    m = np.diag([-1.0, 1.0, 1.0])
+    expected_r, expected_t = m @ r0.T @ m, -m @ r0.T @ t0
+    undone = apply_alignment(moved, Alignment(expected_r, expected_t, True, 0.0), 10.0)
+    assert np.corrcoef(undone.ravel(), vol.ravel())[0, 1] > 0.999
+    for name, data in (("a", vol), ("b", moved)):
+        (tmp_path / name).mkdir()
+        write_mrc(tmp_path / name / "map.mrc", data.astype(np.float32), 10.0)
+    view = compare_runs(tmp_path / "a", tmp_path / "b", show_3d=False)
+    found = view.alignment
+    cos = (np.trace(found.rotation.T @ expected_r) - 1) / 2
+    angle = np.degrees(np.arccos(np.clip(cos, -1, 1)))
+    assert found.flipped and view.score.flipped
+    assert angle < 5.0, angle
+    np.testing.assert_allclose(found.shift_A, expected_t, atol=5.0)
+    assert view.score.correlation == pytest.approx(found.correlation) and \
+        found.correlation > 0.98
+    # a rotation error of 5 deg (0.087 rad) shifts features 60 Å from the centre by 5.2 Å:
+    # a phase error of 2 pi k 5.2 Å, cos = 0.87 at k = 1/60 Å
+    k = view.score.curve.freq_invA
+    assert view.score.curve.fsc[(k > 0) & (k < 1 / 60)].min() > 0.85
+    # (B was written as float32: 6e-8 relative rounding, resampled; 1e-5 of the peak allowed)
+    np.testing.assert_allclose(view.score.aligned, apply_alignment(moved, found, 10.0),
+                               atol=1e-5 * float(np.abs(moved).max()))
+    assert "other hand" in view.widget.children[0].value
+
+
+def test_open_run_lives_in_run_folder_and_is_re_exported():
+    import cryonb.run_folder as rf
+    import cryonb.widgets as w
+    from cryonb.widgets import run_data
+
+    assert w.open_run is rf.open_run is run_data.open_run
+    assert w.FinishedRun is rf.FinishedRun and w.common_grid is rf.common_grid

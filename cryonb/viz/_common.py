@@ -12,7 +12,8 @@ from numpy.typing import ArrayLike, NDArray
 
 from ..fourier import lowpass
 
-__all__ = ["AXES", "contrast_limits", "figure_png", "lowpass_to_resolution"]
+__all__ = ["AXES", "contrast_limits", "figure_png", "gaussian_lowpass", "lowpass_to_resolution",
+           "normalised_map"]
 
 AXES = ("z", "y", "x")  # volume axes in array order
 
@@ -76,3 +77,28 @@ def as_frame(table: Any) -> Any:
     if hasattr(table, "to_dataframe"):  # xarray Dataset / DataArray
         return table.to_dataframe().reset_index()
     return pd.DataFrame(table)
+
+
+def normalised_map(volume: ArrayLike) -> NDArray:
+    """``(v - mean) / std`` over the box, float64: maps on one scale, so that one iso-level
+    (in standard deviations, as ChimeraX's ``sdLevel``) compares them at the same density
+    whatever their mass or normalisation."""
+    v = np.asarray(volume, dtype=np.float64)
+    sd = float(v.std())
+    return (v - v.mean()) / (sd if sd > 0 else 1.0)
+
+
+def gaussian_lowpass(volume: ArrayLike, pixel_size_A: float, resolution_A: float) -> NDArray:
+    """A ``(N, N, N)`` map low-passed by a Gaussian whose amplitude is 1/2 at
+    ``1 / resolution_A``: ``exp(-ln 2 (|k| resolution_A)^2)``, float64.
+
+    For pictures that compare maps at one resolution: a Gaussian has no edge, so unlike a
+    sharp (or narrow raised-cosine) cut and unlike a Fourier crop it adds no ringing.
+    """
+    v = np.asarray(volume, dtype=np.float64)
+    n = v.shape[-1]
+    k = np.fft.fftfreq(n, d=float(pixel_size_A))
+    kr = np.fft.rfftfreq(n, d=float(pixel_size_A))
+    k2 = k[:, None, None] ** 2 + k[None, :, None] ** 2 + kr[None, None, :] ** 2
+    gain = np.exp(-np.log(2.0) * k2 * float(resolution_A) ** 2)
+    return np.fft.irfftn(np.fft.rfftn(v) * gain, s=v.shape, axes=(0, 1, 2))

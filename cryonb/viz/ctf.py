@@ -6,9 +6,9 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from ..ctf import CTFParams, evaluate_ctf
-from ..fourier import frequency_grid_2d, nyquist_invA
+from ..fourier import nyquist_invA
 
-__all__ = ["ctf_figure", "ctf_zeros_invA"]
+__all__ = ["ctf_figure", "ctf_image", "ctf_zeros_invA"]
 
 
 def ctf_zeros_invA(ctf: CTFParams, angle_deg: float, max_freq_invA: float,
@@ -24,11 +24,34 @@ def ctf_zeros_invA(ctf: CTFParams, angle_deg: float, max_freq_invA: float,
     return k[i] - values[i] * (k[i + 1] - k[i]) / (values[i + 1] - values[i])
 
 
+def ctf_image(ctf: CTFParams, pixel_size_A: float, n_samples: int = 512
+              ) -> tuple[np.ndarray, float]:
+    """The first particle's CTF in 2D, sampled finely enough to show its rings.
+
+    ``n_samples`` points per axis span ``-Nyquist .. Nyquist`` (not the box's own grid: near
+    the corners the rings of a large defocus are narrower than one Fourier pixel of the box
+    and would alias into false patterns); outside the Nyquist circle the values are NaN
+    (no image frequency lies there).
+
+    Returns
+    -------
+    image : (n_samples, n_samples) CTF values, ``[ky, kx]``, zero frequency at the centre
+    nyquist_invA : float
+    """
+    nyquist = nyquist_invA(pixel_size_A)
+    k = np.linspace(-nyquist, nyquist, int(n_samples))
+    kx, ky = np.meshgrid(k, k)
+    image = evaluate_ctf(ctf.subset([0]), kx, ky)[0]
+    return np.where(kx**2 + ky**2 <= nyquist**2, image, np.nan), nyquist
+
+
 def ctf_figure(ctf: CTFParams, box_size: int, pixel_size_A: float) -> Figure:
     """The first particle's CTF: 1D along the U and V axes with its zeros, and in 2D.
 
     The 1D curves run along the defocus-U direction (``defocus_angle_deg``) and the V
-    direction (90° from it), from 0 to Nyquist; grey ticks mark the zeros along U.
+    direction (90° from it), from 0 to Nyquist; grey ticks mark the zeros along U.  The 2D
+    picture is :func:`ctf_image` (finely sampled, inside the Nyquist circle; ``box_size``
+    only names the images' box in its title).  Defoci in µm.
     """
     one = ctf.subset([0])
     nyquist = nyquist_invA(pixel_size_A)
@@ -44,16 +67,16 @@ def ctf_figure(ctf: CTFParams, box_size: int, pixel_size_A: float) -> Figure:
     ax1.set_xlabel("spatial frequency (1/Å)")
     ax1.set_ylabel("CTF")
     ax1.legend(fontsize=8, loc="upper right")
-    ax1.set_title(f"U {one.defocus_u_A[0]:.0f} Å, V {one.defocus_v_A[0]:.0f} Å, "
-                  f"{one.voltage_kV[0]:g} kV, Cs {one.cs_mm[0]:g} mm, "
-                  f"Q {one.amplitude_contrast[0]:g}, B {one.bfactor_A2[0]:g} Å²", fontsize=8)
-    kx, ky = frequency_grid_2d(box_size, pixel_size_A=pixel_size_A)
-    image = evaluate_ctf(one, kx, ky)[0]
+    ax1.set_title(f"defocus U {one.defocus_u_A[0] / 1e4:.2f} µm, V "
+                  f"{one.defocus_v_A[0] / 1e4:.2f} µm, {one.voltage_kV[0]:g} kV, Cs "
+                  f"{one.cs_mm[0]:g} mm, Q {one.amplitude_contrast[0]:g}, B "
+                  f"{one.bfactor_A2[0]:g} Å²", fontsize=8)
+    image, _ = ctf_image(one, pixel_size_A)
     ax2.imshow(image, cmap="RdBu_r", vmin=-1, vmax=1, origin="upper",
-               extent=(-nyquist, nyquist, nyquist, -nyquist))
+               extent=(-nyquist, nyquist, nyquist, -nyquist), interpolation="antialiased")
     ax2.set_xlabel("kx (1/Å)")
     ax2.set_ylabel("ky (1/Å)")
-    ax2.set_title("2D (zero frequency at the centre)", fontsize=8)
+    ax2.set_title(f"2D to Nyquist ({box_size} px images)", fontsize=8)
     return fig
 
 

@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-__all__ = ["RESOLUTION_TICKS_A", "add_resolution_axis", "fsc_figure", "history_table",
-           "plot_phase_history",
+__all__ = ["RESOLUTION_TICKS_A", "add_resolution_axis", "fsc_figure", "history_groups",
+           "history_table", "label_history_axes", "plot_phase_history",
            "solver_history_figure"]
 
 
@@ -115,6 +115,39 @@ def plot_phase_history(ax_nll: Any, ax_res: Any, x: Any, part: Any, phase: str, 
         ax_res.plot(x, res_A, color=colour, lw=1.2, label=phase or None)
 
 
+def history_groups(table: Any, axes: Sequence[Any]) -> list[tuple[str, Any]]:
+    """The ``(phase, rows)`` groups of a history table (one ``("", table)`` without a
+    ``phase`` column); an empty table writes "no iterations yet" on each of ``axes``."""
+    if not len(table):
+        for ax in axes:
+            ax.text(0.5, 0.5, "no iterations yet", ha="center", va="center", fontsize=8,
+                    transform=ax.transAxes)
+        return []
+    return list(table.groupby("phase", sort=False)) if "phase" in table else [("", table)]
+
+
+def label_history_axes(fig: Figure, table: Any, ax_nll: Any, ax_res: Any, *, xlabel: str,
+                       res_title: str, others: Sequence[Any] = (), title: str = "") -> None:
+    """The labelling every history figure shares: the objective panel (log scale when every
+    value is positive), the band-limit panel in Å (finer resolution up), and for all panels
+    (``ax_nll``, ``ax_res`` and ``others``) the x label, small ticks, a legend when there
+    are labelled lines, and the figure's title."""
+    if len(table) and (table["objective"] > 0).all():
+        ax_nll.set_yscale("log")
+    ax_nll.set_ylabel("mean NLL per image")
+    ax_nll.set_title("objective", fontsize=9)
+    ax_res.set_ylabel("band limit 1/w (Å)")
+    ax_res.set_title(res_title, fontsize=9)
+    ax_res.invert_yaxis()
+    for ax in (ax_nll, ax_res, *others):
+        ax.set_xlabel(xlabel)
+        ax.tick_params(labelsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=6)
+    if title:
+        fig.suptitle(title, fontsize=10)
+
+
 def solver_history_figure(history: Any, *, title: str = "") -> Figure:
     """Objective and held-out NLL, band limit (as a resolution) and fraction of points evaluated.
 
@@ -125,38 +158,20 @@ def solver_history_figure(history: Any, *, title: str = "") -> Figure:
     table = history_table(history)
     fig = Figure(figsize=(9.5, 2.8), layout="constrained")
     ax_nll, ax_res, ax_frac = fig.subplots(1, 3)
-    if len(table) == 0:
-        for ax in (ax_nll, ax_res, ax_frac):
-            ax.text(0.5, 0.5, "no iterations yet", ha="center", va="center", fontsize=8,
-                    transform=ax.transAxes)
     xname = "step" if "step" in table else "iteration"
-    groups: Any = []
-    if len(table):
-        groups = table.groupby("phase", sort=False) if "phase" in table else [("", table)]
-    for i, (phase, part) in enumerate(groups):
+    for i, (phase, part) in enumerate(history_groups(table, (ax_nll, ax_res, ax_frac))):
         colour = f"C{i}"
         x = part[xname].to_numpy(float)
         plot_phase_history(ax_nll, ax_res, x, part, phase, colour, step=False)
         ax_frac.plot(x, part["fraction_evaluated"].to_numpy(float), color=colour, lw=1.0,
                      label=phase or None)
-    if len(table) and (table["objective"] > 0).all():
-        ax_nll.set_yscale("log")
-    ax_nll.set_ylabel("mean NLL per image")
-    ax_nll.set_title("objective", fontsize=9)
-    ax_res.set_ylabel("band limit 1/w (Å)")
-    ax_res.set_title("resolution of the band limit", fontsize=9)
-    ax_res.invert_yaxis()
     ax_frac.set_ylabel("fraction of quadrature points")
     ax_frac.set_title("importance sampling", fontsize=9)
     if len(table) and (table["fraction_evaluated"] > 0).all():
         ax_frac.set_yscale("log")
-    for ax in (ax_nll, ax_res, ax_frac):
-        ax.set_xlabel(xname)
-        ax.tick_params(labelsize=7)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=6)
-    if title:
-        fig.suptitle(title, fontsize=10)
+    label_history_axes(fig, table, ax_nll, ax_res, xlabel=xname,
+                       res_title="resolution of the band limit", others=(ax_frac,),
+                       title=title)
     return fig
 
 

@@ -15,9 +15,17 @@ import numpy as np
 from matplotlib.figure import Figure
 from numpy.typing import ArrayLike, NDArray
 
-from ._common import centred_extent, contrast_limits, lowpass_to_resolution
+from ._common import (
+    centred_extent,
+    contrast_limits,
+    gaussian_lowpass,
+    lowpass_to_resolution,
+    normalised_map,
+)
 
-__all__ = ["direction_posterior", "image_rows", "orthogonal_slices", "particle_page_figure",
+__all__ = ["direction_posterior", "gaussian_lowpass", "image_rows", "maps_for_comparison",
+           "normalised_map", "orthogonal_slices",
+           "particle_page_figure",
            "projection_matching_figure", "snapshot_strip_figure", "volume_slices_figure"]
 
 
@@ -332,7 +340,7 @@ def projection_matching_figure(match: Any, *, n_cols: int = 6, size_in: float = 
         lo, hi = contrast_limits(match.images[j], (1.0, 99.0))
         top.imshow(match.images[j], cmap="gray", vmin=lo, vmax=hi, origin="upper")
         bottom.imshow(match.reprojections[j], cmap="gray", vmin=lo, vmax=hi, origin="upper")
-        top.set_title(f"#{int(match.indices[j])}  r = {float(match.correlation[j]):.2f}",
+        top.set_title(f"#{int(match.indices[j]) + 1}  r = {float(match.correlation[j]):.2f}",
                       fontsize=7)
         if j % n_cols == 0:
             top.set_ylabel("particle", fontsize=7)
@@ -345,3 +353,28 @@ def projection_matching_figure(match: Any, *, n_cols: int = 6, size_in: float = 
     fig.suptitle(f"particles and the map's projections at their MAP poses with their CTFs{band}",
                  fontsize=8)
     return fig
+
+
+def maps_for_comparison(maps: Any, pixel_size_A: float, resolution_A: float | None = None
+                        ) -> dict[str, NDArray]:
+    """Maps brought to one scale and one resolution for side-by-side pictures.
+
+    Each map is normalised (:func:`normalised_map`: zero mean, unit standard deviation over
+    the box) and, with ``resolution_A``, Gaussian-filtered to it (:func:`gaussian_lowpass`,
+    amplitude 1/2 there; no ringing).  One iso-level, in standard deviations, then shows
+    every map at the same density.
+
+    Parameters
+    ----------
+    maps : mapping name -> (N, N, N) map ``[z, y, x]``, all of one box and pixel size
+    pixel_size_A : float
+    resolution_A : e.g. the run's fitted band limit ``1 / final_max_freq_invA``; None keeps
+        every frequency
+    """
+    out = {}
+    for name, volume in dict(maps).items():
+        v = normalised_map(volume)
+        if resolution_A is not None:
+            v = normalised_map(gaussian_lowpass(v, pixel_size_A, resolution_A))
+        out[str(name)] = v
+    return out

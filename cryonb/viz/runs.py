@@ -14,7 +14,14 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from .curves import add_resolution_axis, fsc_figure, history_table, plot_phase_history
+from .curves import (
+    add_resolution_axis,
+    fsc_figure,
+    history_groups,
+    history_table,
+    label_history_axes,
+    plot_phase_history,
+)
 
 __all__ = ["DOMAINS", "domain_fractions", "fsc_resolution_figure", "history_time_table",
            "is_domains_figure", "run_history_figure"]
@@ -77,30 +84,11 @@ def run_history_figure(history: Any, *, title: str = "") -> Figure:
     table = history_time_table(history)
     fig = Figure(figsize=(8.5, 2.8), layout="constrained")
     ax_nll, ax_res = fig.subplots(1, 2)
-    groups: Any = []
-    if len(table):
-        groups = table.groupby("phase", sort=False) if "phase" in table else [("", table)]
-    else:
-        for ax in (ax_nll, ax_res):
-            ax.text(0.5, 0.5, "no iterations yet", ha="center", va="center", fontsize=8,
-                    transform=ax.transAxes)
-    for i, (phase, part) in enumerate(groups):
+    for i, (phase, part) in enumerate(history_groups(table, (ax_nll, ax_res))):
         t = part["job_time_s"].to_numpy(float) / 60.0
         plot_phase_history(ax_nll, ax_res, t, part, phase, f"C{i}", step=True)
-    if len(table) and (table["objective"] > 0).all():
-        ax_nll.set_yscale("log")
-    ax_nll.set_ylabel("mean NLL per image")
-    ax_nll.set_title("objective", fontsize=9)
-    ax_res.set_ylabel("band limit 1/w (Å)")
-    ax_res.set_title("frequency marching", fontsize=9)
-    ax_res.invert_yaxis()
-    for ax in (ax_nll, ax_res):
-        ax.set_xlabel("solver time (min)")
-        ax.tick_params(labelsize=7)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=6)
-    if title:
-        fig.suptitle(title, fontsize=10)
+    label_history_axes(fig, table, ax_nll, ax_res, xlabel="solver time (min)",
+                       res_title="frequency marching", title=title)
     return fig
 
 
@@ -126,6 +114,18 @@ def domain_fractions(entry: dict[str, Any], domain_sizes: Sequence[int],
         n = min(size, max(1, math.ceil(ess_scale * ess - 1e-9)))
         out[f"fraction_{d}"] = 1.0 if n >= enumerate_fraction * size else n / size
     return out
+
+
+def solver_domain_fractions(objective: Any) -> dict[str, float]:
+    """:func:`domain_fractions` of an objective's importance sampler at its last batch, on
+    the objective's current grid ({} without a sampler, a record or a band limit)."""
+    sampler = getattr(objective, "sampler", None)
+    likelihood = getattr(objective, "likelihood", None)
+    if sampler is None or not getattr(sampler, "history", None) or likelihood is None:
+        return {}
+    q = likelihood.quadrature
+    return domain_fractions(sampler.history[-1], (q.n_directions, q.n_inplane, q.n_shifts),
+                            sampler.ess_scale, sampler.enumerate_fraction)
 
 
 def is_domains_figure(rows: Sequence[dict[str, Any]], *, title: str = "") -> Figure:

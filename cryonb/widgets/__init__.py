@@ -22,11 +22,11 @@ matplotlib figures for scripts and reports).
 =======================  ==================================================================
 """
 
+from ..run_folder import FinishedRun, common_grid, open_run
 from .dashboard import SolverDashboard, SolverDashboardView, SolverMonitor
 from .dashboard_panels import BudgetProgress, LivePanels, budget_progress
 from .is_study import ISStudyExplorer, ISStudyState, ISStudyView
 from .particles import ParticleBrowser, ParticleBrowserState, ParticleBrowserView
-from .run_data import FinishedRun, common_grid, open_run
 from .run_viewer import CompareRunsView, RunViewer, RunViewerView, compare_runs
 from .slices import VolumeView, VolumeViewer, VolumeViewerState
 from .volume import IsosurfaceView, default_iso_level, isosurface, isosurface_mesh

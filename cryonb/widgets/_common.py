@@ -23,6 +23,11 @@ def new_image(**layout: Any) -> Any:
 
 
 def show_figure(image: Any, fig: Figure, dpi: float = 80) -> Figure:
-    """Render ``fig`` into ``image`` (an ``ipywidgets.Image``) and return it."""
+    """Render ``fig`` into ``image`` (an ``ipywidgets.Image``) and return it.
+
+    The image's width is set to the PNG's (figure width times ``dpi``, in CSS pixels), so a
+    flex row beside other views (an iso-surface) cannot squeeze the picture out of shape.
+    """
     image.value = figure_png(fig, dpi=dpi)
+    image.layout.width = f"{round(fig.get_size_inches()[0] * dpi)}px"
     return fig

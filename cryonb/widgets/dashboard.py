@@ -11,6 +11,13 @@ run, the fraction of points evaluated per domain, and the budget's ETA) are redr
 every ``redraw_interval_s`` seconds, by a second thread from a copy of the map taken between
 two iterations.
 
+The status line reads "running" while records arrive, also when the work runs in the
+foreground (``solver.run()`` / ``run.run()`` in the cell); :meth:`SolverDashboardView.run`
+runs it in the foreground and ends with "finished" (or "stopped", "error") and the ETA
+replaced by what the run used.  A bare solver that stops in the foreground shows "finished"
+with its stop reason at its last record; a job then shows "finishing" (final poses and
+outputs), since it writes no record after its loop.
+
 Pause holds the solver thread between two iterations; stop calls ``request_stop()``; save writes
 ``checkpoint.save_checkpoint(path, solver.state_dict())`` (for an ab initio job, its own
 ``checkpoint()``) between two iterations, so the state saved is consistent.
@@ -30,7 +37,7 @@ import traitlets
 
 from ..viz import solver_history_figure, volume_slices_figure
 from ._common import new_image, show_figure
-from .dashboard_panels import LivePanels, live_panels
+from .dashboard_panels import LivePanels, live_panels, target_progress
 
 __all__ = ["SolverDashboard", "SolverDashboardView", "SolverMonitor"]
 
@@ -40,7 +47,8 @@ class SolverMonitor(traitlets.HasTraits):
 
     Traits
     ------
-    status : "ready", "running", "paused", "stopping", "finished", "stopped" or "error"
+    status : "ready", "running", "paused", "stopping", "finishing" (a foreground job past its
+        loop), "finished", "stopped" or "error"
     phase : the ab initio job's phase ("common", "half1", "half2"; "" for a bare solver)
     iteration, n_records : int
     max_freq_invA, resolution_A : float (band limit and 1 / band limit)
@@ -70,7 +78,8 @@ def _is_job(target: Any) -> bool:
 
 @dataclass
 class SolverDashboardView:
-    """The dashboard: display ``widget``; :meth:`start` runs the work in a thread.
+    """The dashboard: display ``widget``; :meth:`start` runs the work in a thread,
+    :meth:`run` in the foreground.
 
     Attributes
     ----------
@@ -158,6 +167,10 @@ class SolverDashboardView:
                                     int(record.get("clock", record["iteration"])))
         m = self.monitor
         with m.hold_trait_notifications():
+            if not self.running and m.status in ("ready", "finished", "stopped", "error"):
+                m.status = "running"  # the work runs in the foreground
+            if not self.running:
+                self._foreground_end(solver)
             m.phase = phase
             m.iteration = int(record["iteration"]) + 1
             m.n_records = len(self.records)
@@ -172,6 +185,22 @@ class SolverDashboardView:
         while not self._resume.is_set():  # paused: hold the solver between two iterations
             self._resume.wait(0.1)
             self._service_requests()
+
+    def _foreground_end(self, solver: Any) -> None:
+        """At a foreground record: a bare solver that has stopped is finished; a job whose
+        budget is used (or whose halves have stopped) is finishing."""
+        m = self.monitor
+        if not self.is_job:
+            if solver.done:
+                m.status, m.message = "finished", solver.stop_reason
+                if self.panels is not None:
+                    self.panels.finish(solver.stop_reason)
+            return
+        halves = list(getattr(self.target, "halves", []))
+        used = target_progress(self.target).fraction >= 1.0  # NaN without a budget: False
+        if used or (len(halves) == 2 and all(h.solver.done for h in halves)):
+            m.status = "finishing"
+            m.message = "solver budget used: final poses and outputs follow"
 
     def _service_requests(self) -> None:
         if self._save_requested:
@@ -255,7 +284,29 @@ class SolverDashboardView:
         self._update_buttons()
         return self
 
-    def _work(self) -> None:
+    def run(self) -> Any:
+        """Run the solver or the job in the foreground (the cell blocks; the figures redraw
+        between iterations); returns its result (the job's summary or the map).
+
+        The status reads "running", then "finished" (or "stopped"); the ETA becomes what the
+        run used.  An exception is shown in the dashboard and raised.
+        """
+        if self.running:
+            raise RuntimeError("already running in the background")
+        self._resume.set()
+        self.error = None
+        self.monitor.status, self.monitor.message = "running", ""
+        self._execute()
+        self.redraw()
+        self._update_buttons()
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+    def _execute(self) -> None:
+        """Run the work here; set the status, the message and the panels' end."""
+        if self.panels is not None:
+            self.panels.finished = None
         try:
             if self.is_job:
                 self.result = self.target.run()
@@ -267,11 +318,21 @@ class SolverDashboardView:
             if not self.is_job and self.target.done:
                 self.monitor.message = self.target.stop_reason
             elif isinstance(self.result, dict):
-                self.monitor.message = f"job {self.result.get('status', '')}"
-        except BaseException as exc:  # shown in the dashboard, re-raised by wait()
+                reasons = self.result.get("stop_reasons") or []
+                self.monitor.message = f"job {self.result.get('status', '')}" + (
+                    f": {reasons[0]}" if reasons else "")
+            if self.panels is not None:
+                with self._lock:
+                    self.panels.progress = target_progress(self.target)
+                self.panels.finish(("stopped: " if stopped else "") + self.monitor.message)
+        except BaseException as exc:  # shown in the dashboard, re-raised by wait() / run()
             self.error = exc
             self.monitor.status = "error"
             self.monitor.message = "".join(traceback.format_exception_only(type(exc), exc))
+
+    def _work(self) -> None:
+        try:
+            self._execute()
         finally:
             self._resume.set()
             self._drawer_quit = True
@@ -434,9 +495,11 @@ def SolverDashboard(solver_or_run: Any, *, checkpoint_path: str | Path = "checkp
     view.widget = widgets.VBox([
         widgets.HBox([*buttons.values(), interval]), status,
         widgets.HBox([panels.progress_bar, panels.eta]), view.history_image,
-        widgets.HBox(map_row), widgets.HTML("<b>the map against solver time</b> (one "
-                                            "snapshot per band limit)"),
-        widgets.HBox([panels.strip_image]), widgets.HBox([panels.fsc_image, panels.is_image])])
+        widgets.HBox(map_row, layout=widgets.Layout(align_items="flex-start")),
+        widgets.HTML("<b>the map against solver time</b> (one snapshot per band limit)"),
+        widgets.HBox([panels.strip_image]),
+        widgets.HBox([panels.fsc_image, panels.is_image],
+                     layout=widgets.Layout(align_items="flex-start"))])
     view._update_buttons()
     view.redraw()
     return view

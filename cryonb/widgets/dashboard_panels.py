@@ -26,10 +26,12 @@ from typing import Any
 
 import numpy as np
 
-from ..viz import domain_fractions, fsc_resolution_figure, is_domains_figure, snapshot_strip_figure
+from ..viz import fsc_resolution_figure, is_domains_figure, snapshot_strip_figure
+from ..viz.runs import solver_domain_fractions
 from ._common import new_image, show_figure
 
-__all__ = ["BudgetProgress", "LivePanels", "budget_progress", "format_duration"]
+__all__ = ["BudgetProgress", "LivePanels", "budget_progress", "format_duration",
+           "target_progress"]
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,13 @@ class BudgetProgress:
     fraction: float
     remaining_s: float
     budget: str
+
+    def finished_text(self, reason: str = "") -> str:
+        """``"finished after 1 min 5 s (62 % of 3 min): reason"`` (what the run used)."""
+        used = "" if not math.isfinite(self.fraction) else (
+            f" ({100 * self.fraction:.0f} % of {self.budget})")
+        return (f"finished after {format_duration(self.elapsed_s)} of solver time{used}"
+                + (f": {reason}" if reason else ""))
 
     def text(self) -> str:
         """``"ETA 1 min 5 s (62 % of 3 min)"``; without a budget, the time so far."""
@@ -139,6 +148,8 @@ class LivePanels:
     domain_rows : list of dict, one per record (``step``, ``fraction_evaluated``,
         ``fraction_<domain>``)
     fsc_curve : the last half-map FSC drawn (:class:`cryonb.metrics.FSCResult`) or None
+    finished : None while running; once the run ended (:meth:`finish`), its reason, and the
+        ETA reads :meth:`BudgetProgress.finished_text`
     """
 
     iso: Any
@@ -155,6 +166,7 @@ class LivePanels:
     fsc_figure: Any = None
     is_figure: Any = None
     progress: BudgetProgress | None = None
+    finished: str | None = None
     _seen_band: set = field(default_factory=set, repr=False)
 
     # ------------------------------------------------------------------ solver thread
@@ -170,14 +182,7 @@ class LivePanels:
                                    f"{format_duration(t)}\n{1.0 / w:.1f} Å", w, t))
         row = {"step": step, "phase": phase,
                "fraction_evaluated": float(record["fraction_evaluated"])}
-        objective = solver.objective
-        sampler = getattr(objective, "sampler", None)
-        likelihood = getattr(objective, "likelihood", None)
-        if sampler is not None and sampler.history and likelihood is not None:
-            q = likelihood.quadrature
-            row.update(domain_fractions(sampler.history[-1],
-                                        (q.n_directions, q.n_inplane, q.n_shifts),
-                                        sampler.ess_scale, sampler.enumerate_fraction))
+        row.update(solver_domain_fractions(solver.objective))
         self.domain_rows.append(row)
 
     def snapshot(self, target: Any) -> dict[str, Any]:
@@ -194,13 +199,20 @@ class LivePanels:
             out["fsc_iterations"] = [h.solver.iteration for h in target.halves]
         return out
 
+    def finish(self, reason: str = "") -> None:
+        """The run has ended: the ETA shows what it used (and why it stopped) from now on."""
+        self.finished = str(reason)
+        if self.progress is not None:
+            self.eta.value = self.progress.finished_text(self.finished)
+
     # ------------------------------------------------------------------ drawing thread
     def draw(self, snap: dict[str, Any], dpi: float) -> None:
         """Redraw every panel from :meth:`snapshot` (plus ``volume``, ``pixel_size_A``)."""
         from ..metrics import fsc
 
         if self.progress is not None:
-            self.eta.value = self.progress.text()
+            self.eta.value = (self.progress.text() if self.finished is None
+                              else self.progress.finished_text(self.finished))
             if math.isfinite(self.progress.fraction):
                 self.progress_bar.value = self.progress.fraction
         if self.iso is not None and snap.get("volume") is not None:

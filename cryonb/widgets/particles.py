@@ -46,26 +46,39 @@ class ParticleBrowserState(traitlets.HasTraits):
     n_pages = traitlets.Int(1)
 
 
+#: Padding of the CTF table's cells (the notebook's default CSS leaves none).
+_CELL = "padding:2px 8px; text-align:right; border-bottom:1px solid #ddd"
+
+
 def _ctf_table_html(dataset: Any, ids: NDArray, selected: int) -> str:
+    """The page's CTF parameters; particles numbered from 1 (RELION's image numbers), defoci
+    in µm."""
     ctf = dataset.ctf
-    head = ("particle", "defocus U (Å)", "defocus V (Å)", "angle (°)", "kV", "Cs (mm)", "Q",
+    head = ("particle", "defocus U (µm)", "defocus V (µm)", "angle (°)", "kV", "Cs (mm)", "Q",
             "phase shift (°)", "B (Å²)")
     rows = []
     for i in ids:
         i = int(i)
         if ctf is None:
-            cells = [f"#{i}"] + ["–"] * (len(head) - 1)
+            cells = [f"#{i + 1}"] + ["–"] * (len(head) - 1)
         else:
-            cells = [f"#{i}", f"{ctf.defocus_u_A[i]:.0f}", f"{ctf.defocus_v_A[i]:.0f}",
+            cells = [f"#{i + 1}", f"{ctf.defocus_u_A[i] / 1e4:.3f}",
+                     f"{ctf.defocus_v_A[i] / 1e4:.3f}",
                      f"{ctf.defocus_angle_deg[i]:.1f}", f"{ctf.voltage_kV[i]:g}",
                      f"{ctf.cs_mm[i]:g}", f"{ctf.amplitude_contrast[i]:g}",
                      f"{ctf.phase_shift_deg[i]:g}", f"{ctf.bfactor_A2[i]:g}"]
         style = ' style="background:#ffe0b2"' if i == selected else ""
-        rows.append(f"<tr{style}>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells)
-                    + "</tr>")
-    header = "<tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>"
-    return ('<table style="font-size:11px; border-collapse:collapse">' + header
+        rows.append(f"<tr{style}>" + "".join(f'<td style="{_CELL}">{html.escape(c)}</td>'
+                                             for c in cells) + "</tr>")
+    header = "<tr>" + "".join(f'<th style="{_CELL}">{h}</th>' for h in head) + "</tr>"
+    return ('<table style="font-size:11px; border-collapse:collapse; margin:6px 0">' + header
             + "".join(rows) + "</table>")
+
+
+def _describe(dataset: Any) -> str:
+    """One line about the data set, without file paths."""
+    return (f"{len(dataset)} particles, {dataset.box_size} px at {dataset.pixel_size_A:.4g} "
+            "Å/px")
 
 
 @dataclass
@@ -76,10 +89,11 @@ class ParticleBrowserView:
     ----------
     widget : ipywidgets.VBox
     state : ParticleBrowserState
-    defocus : ipywidgets.FloatRangeSlider (Å)
-    page : ipywidgets.IntSlider
+    defocus : ipywidgets.FloatRangeSlider (µm; linked to the state's Å)
+    page : ipywidgets.IntSlider (pages from 1; the state's ``page`` + 1)
     particle : ipywidgets.BoundedIntText
-        Dataset index of the selected particle (jumps to its page).
+        Number of the selected particle from 1 (the state's ``selected`` + 1; jumps to its
+        page).
     low_pass : ipywidgets.FloatSlider
         Low-pass resolution of the images, Å (the left end, Nyquist, means unfiltered).
     info : ipywidgets.HTML
@@ -138,7 +152,7 @@ class ParticleBrowserView:
         self.listed = np.flatnonzero((df >= lo - tol) & (df <= hi + tol))
         n_pages = max(1, -(-len(self.listed) // self.page_size))
         self.state.n_listed, self.state.n_pages = len(self.listed), n_pages
-        self.page.max = max(n_pages - 1, self.page.min)
+        self.page.max = max(n_pages, self.page.min)  # the slider counts pages from 1
         self.state.page = min(self.state.page, n_pages - 1)
         self._page_changed()
 
@@ -165,8 +179,8 @@ class ParticleBrowserView:
         images = (self.dataset.images(ids) if len(ids)
                   else np.zeros((0, self.dataset.box_size, self.dataset.box_size)))
         defocus = self.mean_defocus_A()[ids] if self.dataset.ctf is not None else None
-        fig = particle_page_figure(images, indices=ids, defocus_A=defocus,
-                                   highlight=self.state.selected,
+        fig = particle_page_figure(images, indices=ids + 1, defocus_A=defocus,
+                                   highlight=self.state.selected + 1,
                                    pixel_size_A=self.dataset.pixel_size_A,
                                    low_pass_A=self.state.low_pass_A)
         self.page_figure = show_figure(self.page_image, fig, self.dpi)
@@ -175,7 +189,8 @@ class ParticleBrowserView:
         outside = "" if sel in self.listed else " (outside the defocus filter)"
         self.info.value = (f"{self.state.n_listed} of {len(self.dataset)} particles in the "
                            f"defocus range; page {self.state.page + 1} of {self.state.n_pages}; "
-                           f"selected #{sel}{outside}. {html.escape(repr(self.dataset))}")
+                           f"selected #{sel + 1}{outside}. "
+                           f"{html.escape(_describe(self.dataset))}")
 
     def redraw_particle(self) -> None:
         """The selected particle's CTF and, if known, its posterior over directions."""
@@ -191,7 +206,7 @@ class ParticleBrowserView:
             return
         rows = np.flatnonzero(np.asarray(self.result_indices) == sel)
         if rows.size == 0:
-            self.posterior_note.value = (f"<i>Particle #{sel} is not among the "
+            self.posterior_note.value = (f"<i>Particle #{sel + 1} is not among the "
                                          f"{len(self.result_indices)} images of the likelihood "
                                          "result.</i>")
             self.posterior_image.layout.display = "none"
@@ -201,7 +216,7 @@ class ParticleBrowserView:
         if ds.truth is not None and ds.truth.rotations is not None:
             truth = ds.truth.rotations[sel]
         fig = direction_posterior(res.posterior_directions[row], res.quadrature,
-                                  true_rotation=truth, title=f"particle #{sel}")
+                                  true_rotation=truth, title=f"particle #{sel + 1}")
         self.posterior_note.value = ""
         self.posterior_image.layout.display = None
         self.posterior_figure = show_figure(self.posterior_image, fig, self.dpi)
@@ -221,7 +236,7 @@ class ParticleBrowserView:
 
 def ParticleBrowser(dataset: Any, likelihood_result: Any = None, *,
                     result_indices: ArrayLike | None = None, page_size: int = 12,
-                    dpi: float = 80) -> ParticleBrowserView:
+                    low_pass_A: float | None = 20.0, dpi: float = 80) -> ParticleBrowserView:
     """Browse a :class:`cryonb.dataset.Dataset`: image pages, CTFs, defocus filter, posteriors.
 
     Parameters
@@ -233,6 +248,12 @@ def ParticleBrowser(dataset: Any, likelihood_result: Any = None, *,
         are the particles ``result_indices`` (default ``0 .. B-1``).
     page_size : int
         Images per page.
+    low_pass_A : float or None
+        The images' low-pass at the start, Å (clipped to the slider's range; None: unfiltered).
+        Particles at a real SNR are invisible at Nyquist; 15-20 Å shows them.
+
+    The controls number pages and particles from 1 (RELION's image numbers in a stack) and
+    show defoci in µm; the state keeps dataset indices (from 0) and Å.
     """
     import ipywidgets as widgets
 
@@ -247,16 +268,18 @@ def ParticleBrowser(dataset: Any, likelihood_result: Any = None, *,
         lo, hi = 0.0, 0.0
     hi = max(hi, lo + 1.0)
     state.defocus_range_A = (lo, hi)
-    defocus = widgets.FloatRangeSlider(min=lo, max=hi, step=max(1.0, (hi - lo) / 200),
-                                       value=(lo, hi), description="defocus Å",
-                                       readout_format=".0f", continuous_update=False,
+    defocus = widgets.FloatRangeSlider(min=lo / 1e4, max=hi / 1e4,
+                                       step=max(1e-4, (hi - lo) / 200 / 1e4),
+                                       value=(lo / 1e4, hi / 1e4), description="defocus µm",
+                                       readout_format=".2f", continuous_update=False,
                                        layout=widgets.Layout(width="420px"))
-    page = widgets.IntSlider(min=0, max=0, description="page", continuous_update=False)
-    particle = widgets.BoundedIntText(min=0, max=n - 1, description="particle #",
+    page = widgets.IntSlider(min=1, max=1, description="page", continuous_update=False)
+    particle = widgets.BoundedIntText(min=1, max=n, description="particle #",
                                       layout=widgets.Layout(width="180px"))
     nyquist_A = 1.0 / nyquist_invA(dataset.pixel_size_A)
     top_A = max(40.0, 4.0 * nyquist_A)
-    state.low_pass_A = nyquist_A
+    state.low_pass_A = (nyquist_A if low_pass_A is None
+                        else float(min(max(low_pass_A, nyquist_A), top_A)))
     low = widgets.FloatSlider(min=nyquist_A, max=top_A, step=max(0.1, (top_A - nyquist_A) / 100),
                               description="low-pass Å", readout_format=".1f",
                               continuous_update=False)
@@ -270,9 +293,14 @@ def ParticleBrowser(dataset: Any, likelihood_result: Any = None, *,
         n_rows = np.asarray(likelihood_result.log_likelihood).shape[0]
         view.result_indices = (np.arange(n_rows) if result_indices is None
                                else np.asarray(result_indices, np.int64))
-    for control, name in ((defocus, "defocus_range_A"), (page, "page"),
-                          (particle, "selected"), (low, "low_pass_A")):
-        traitlets.link((state, name), (control, "value"))
+    # the controls number pages and particles from 1 and show defoci in µm; the state keeps
+    # dataset indices (from 0) and Å
+    to_um = (lambda r: (r[0] / 1e4, r[1] / 1e4), lambda r: (r[0] * 1e4, r[1] * 1e4))
+    plus_one = (lambda i: i + 1, lambda i: i - 1)
+    traitlets.link((state, "defocus_range_A"), (defocus, "value"), transform=to_um)
+    traitlets.link((state, "page"), (page, "value"), transform=plus_one)
+    traitlets.link((state, "selected"), (particle, "value"), transform=plus_one)
+    traitlets.link((state, "low_pass_A"), (low, "value"))
     view.widget = widgets.VBox([
         widgets.HBox([defocus, page]), widgets.HBox([particle, low]), view.info,
         view.page_image,

@@ -1,7 +1,7 @@
 """``RunViewer``: a finished run folder in one view; ``compare_runs``: two runs aligned.
 
 :func:`RunViewer` opens the ``--out`` folder of ``cryonb reconstruct`` (read by
-:func:`cryonb.widgets.run_data.open_run`) and shows, one section under the other:
+:func:`cryonb.run_folder.open_run`) and shows, one section under the other:
 
 * the map and the half-maps: sections, contrast, low-pass and an iso-surface each
   (:func:`cryonb.widgets.VolumeViewer`);
@@ -17,8 +17,8 @@
   (:func:`cryonb.reprojection.projection_matching`, :func:`cryonb.viz.projection_matching_figure`).
 
 :func:`compare_runs` superposes the second run's map on the first (rotation, translation and
-hand: :func:`cryonb.metrics.score_against_reference`) and shows both side by side with their
-FSC against each other.
+hand: :func:`cryonb.alignment.align_maps`) and shows both side by side with their FSC against
+each other (:func:`cryonb.metrics.score_against_reference`).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from ..run_folder import FinishedRun, common_grid, open_run
 from ..viz import (
     fsc_resolution_figure,
     orientation_figure,
@@ -38,7 +39,6 @@ from ..viz import (
     run_history_figure,
 )
 from ._common import new_image, show_figure
-from .run_data import FinishedRun, common_grid, open_run
 from .slices import VolumeView, VolumeViewer
 
 __all__ = ["CompareRunsView", "RunViewer", "RunViewerView", "compare_runs"]
@@ -63,7 +63,8 @@ class RunViewerView:
     fsc_image : ipywidgets.Image
     fsc_curve : cryonb.metrics.FSCResult (the one drawn) or None
     history_image, orientation_image, particles_image : ipywidgets.Image
-    page : ipywidgets.IntSlider (page of particles beside their reprojections)
+    page : ipywidgets.IntSlider (page of particles beside their reprojections, from 1;
+        particles are numbered from 1 in the titles, as in the STAR file's image numbers)
     match : cryonb.reprojection.ProjectionMatch of the page shown, or None
     message : ipywidgets.HTML (what could not be shown, and why)
     """
@@ -107,7 +108,7 @@ class RunViewerView:
         from ..reprojection import projection_matching
 
         ds = self.run.particles()
-        start = int(self.page.value) * self.per_page
+        start = (int(self.page.value) - 1) * self.per_page  # pages counted from 1
         ids = np.arange(start, min(start + self.per_page, len(ds)))
         self.match = projection_matching(self.run.map, self.run.pixel_size_A, ds, ids,
                                          max_freq_invA=self.run.band_limit_invA)
@@ -142,7 +143,7 @@ def RunViewer(run: str | Path | FinishedRun, *, show_3d: bool = True, iso_size_p
     except (OSError, ValueError) as exc:  # no particles.star, or its stacks moved
         messages.append(f"particles: {exc}")
     n_pages = max(1, math.ceil(n_particles / per_page))
-    page = widgets.IntSlider(min=0, max=n_pages - 1, value=0, description="page",
+    page = widgets.IntSlider(min=1, max=n_pages, value=1, description="page",
                              continuous_update=False)
     view = RunViewerView(
         widget=None, run=result, volumes=volumes, fsc_pair=fsc_pair, fsc_image=new_image(),
@@ -169,7 +170,7 @@ def RunViewer(run: str | Path | FinishedRun, *, show_3d: bool = True, iso_size_p
     view.message.value = "<br>".join(html.escape(m) for m in messages)
     lines = "<br>".join(html.escape(x) for x in result.summary_lines())
     view.widget = widgets.VBox([
-        widgets.HTML(f"<b>{html.escape(str(result.path))}</b>: "
+        widgets.HTML(f"<b>{html.escape(result.name)}</b>: "
                      f"{result.summary.get('n_particles', n_particles)} particles, box "
                      f"{result.box_size} px at {result.pixel_size_A:.3g} Å"),
         view.message,
@@ -190,6 +191,9 @@ class CompareRunsView:
     ----------
     widget : ipywidgets.VBox
     runs : (FinishedRun, FinishedRun)
+    alignment : cryonb.alignment.Alignment
+        What superposes the second map on the first (``rotation``, ``shift_A``, ``flipped``;
+        ``aligned(x) = b(R^T (x - t))`` after the mirror, :func:`cryonb.alignment.align_maps`).
     score : cryonb.metrics.ReferenceScore
         The second map aligned on the first (``aligned``, ``flipped``, ``correlation``) and
         their FSC (``curve``; ``resolution`` at 0.5, ``resolution_0143``).
@@ -204,6 +208,7 @@ class CompareRunsView:
     volumes: VolumeView
     fsc_image: Any
     pixel_size_A: float
+    alignment: Any = None
 
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
         return self.widget._repr_mimebundle_(**kwargs)
@@ -214,17 +219,24 @@ def compare_runs(run_a: str | Path | FinishedRun, run_b: str | Path | FinishedRu
                  ) -> CompareRunsView:
     """Two runs' maps superposed (the second on the first, both hands tried) with their FSC.
 
-    The maps are brought to one grid first (:func:`cryonb.widgets.run_data.common_grid`); the
+    The maps are brought to one grid first (:func:`cryonb.run_folder.common_grid`); the
     FSC is capped at the coarser of the two runs' fitted band limits.
     """
+    from dataclasses import replace
+
     import ipywidgets as widgets
 
+    from ..alignment import align_maps, apply_alignment
     from ..metrics import score_against_reference
 
     a_run, b_run = open_run(run_a), open_run(run_b)
     a, b, psize = common_grid(a_run.map, a_run.pixel_size_A, b_run.map, b_run.pixel_size_A)
     caps = [w for w in (a_run.band_limit_invA, b_run.band_limit_invA) if w is not None]
-    score = score_against_reference(b, a, psize, max_freq_invA=min(caps) if caps else None)
+    alignment = align_maps(b, a, psize)
+    score = replace(score_against_reference(apply_alignment(b, alignment, psize), a, psize,
+                                            max_freq_invA=min(caps) if caps else None,
+                                            align=False),
+                    correlation=float(alignment.correlation), flipped=bool(alignment.flipped))
     la, lb = f"A: {a_run.name}", f"B: {b_run.name} (aligned" + (
         ", hand flipped)" if score.flipped else ")")
     volumes = VolumeViewer({la: a, lb: score.aligned}, psize, show_3d=show_3d,
@@ -237,4 +249,4 @@ def compare_runs(run_a: str | Path | FinishedRun, run_b: str | Path | FinishedRu
             f"{score.resolution} · {score.resolution_0143}")
     widget = widgets.VBox([widgets.HTML(html.escape(text)), volumes.widget,
                            widgets.HBox([fsc_image])])
-    return CompareRunsView(widget, (a_run, b_run), score, volumes, fsc_image, psize)
+    return CompareRunsView(widget, (a_run, b_run), score, volumes, fsc_image, psize, alignment)
