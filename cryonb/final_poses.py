@@ -19,7 +19,7 @@ by a :class:`LocalSearch`, which answers ``sample`` with the local subsets, and 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -31,7 +31,8 @@ from .image_model import ImageModel
 from .likelihood import PoseSubset
 from .quadrature import Quadrature
 
-__all__ = ["HalfPoses", "LocalSearch", "batch_order", "batch_union", "final_poses"]
+__all__ = ["HalfPoses", "LocalSearch", "batch_order", "batch_union", "final_poses",
+           "map_pose_pass"]
 
 
 @dataclass(frozen=True)
@@ -80,7 +81,8 @@ class HalfPoses:
     ----------
     rotations : (n, 3, 3) RELION rotation matrices of the MAP poses
     shifts_A : (n, 2) origins (x, y) in Å
-    volume : (N, N, N) float32 direct Fourier inversion of the particles at those poses
+    volume : (N, N, N) direct Fourier inversion of the particles at those poses (float32 from
+        :func:`final_poses`, float64 from :func:`map_pose_pass`)
     indices : (n, 3) int64 (direction, in-plane, shift) indices of the poses in the quadrature
     n_evaluated : (n,) quadrature points scored per particle
     quadrature_size : points of the full quadrature the poses were searched on
@@ -267,9 +269,6 @@ def _coarse_to_fine(objective: Any, volume: NDArray, n: int, mass: float, batch_
 def _one_half(objective: Any, volume: NDArray, dataset: Dataset, model: ImageModel,
               mass: float, batch_size: int, bar: Any) -> HalfPoses:
     n = len(dataset)
-    rotations, shifts = np.zeros((n, 3, 3)), np.zeros((n, 2))
-    indices, n_evaluated = np.zeros((n, 3), dtype=np.int64), np.zeros(n, dtype=np.int64)
-    acc = BackprojectionAccumulator(model)
     sampler = objective.sampler
     quadrature = objective.likelihood.quadrature
     order = np.arange(n)
@@ -287,21 +286,40 @@ def _one_half(objective: Any, volume: NDArray, dataset: Dataset, model: ImageMod
             objective.sampler = None
     batches = [order[k: k + batch_size] for k in range(0, n, batch_size)]
     try:
-        for k, local in enumerate(batches):
-            if k + 1 < len(batches):  # read the next batch while this one is scored
-                objective.prefetch(batches[k + 1])
-            # no draw, no record: the iteration (schedule position) changes nothing here
-            objective.evaluate(volume, local, gradient=False, record=False, iteration=0)
-            res = objective.last_result
-            rotations[local], shifts[local] = res.map_rotations, res.map_shifts_A
-            indices[local] = np.stack([res.map_direction, res.map_inplane, res.map_shift], 1)
-            n_evaluated[local] = res.n_evaluated
-            acc.add(dataset.images(local), res.map_rotations, res.map_shifts_A,
-                    None if dataset.ctf is None else dataset.ctf.subset(local))
-            bar.update(len(local))
-            done = np.concatenate(batches[: k + 1])
-            bar.set_postfix(points=f"{n_evaluated[done].mean() / quadrature.size:.2%}")
+        half = map_pose_pass(objective, volume, dataset, model, batches, bar=bar)
     finally:
         objective.sampler = sampler
-    return HalfPoses(rotations, shifts, acc.direct_inversion().astype(np.float32), indices,
-                     n_evaluated, int(quadrature.size))
+    return replace(half, volume=half.volume.astype(np.float32))
+
+
+def map_pose_pass(objective: Any, volume: NDArray, dataset: Dataset, model: ImageModel,
+                  batches: list[NDArray], *, iteration: int = 0, bar: Any = None) -> HalfPoses:
+    """Score every batch of ``dataset`` under ``volume`` with ``objective`` as it stands (its
+    sampler, if any, gives each image's subset), keep each image's MAP pose and back-project
+    the images there (direct Fourier inversion with ``model``).
+
+    ``batches``: particle indices, each a call of the engine (the next one is read ahead);
+    ``iteration`` goes to the objective's sampler; ``bar``: a tqdm bar to advance.  Nothing is
+    recorded.  Returns a :class:`HalfPoses` whose volume is float64 (as inverted).
+    """
+    n = len(dataset)
+    rotations, shifts = np.zeros((n, 3, 3)), np.zeros((n, 2))
+    indices, n_evaluated = np.zeros((n, 3), dtype=np.int64), np.zeros(n, dtype=np.int64)
+    acc = BackprojectionAccumulator(model)
+    size = objective.likelihood.quadrature.size
+    for k, local in enumerate(batches):
+        if k + 1 < len(batches):  # read the next batch while this one is scored
+            objective.prefetch(batches[k + 1])
+        objective.evaluate(volume, local, gradient=False, record=False, iteration=iteration)
+        res = objective.last_result
+        rotations[local], shifts[local] = res.map_rotations, res.map_shifts_A
+        indices[local] = np.stack([res.map_direction, res.map_inplane, res.map_shift], 1)
+        n_evaluated[local] = res.n_evaluated
+        acc.add(dataset.images(local), res.map_rotations, res.map_shifts_A,
+                None if dataset.ctf is None else dataset.ctf.subset(local))
+        if bar is not None:
+            bar.update(len(local))
+            done = np.concatenate(batches[: k + 1])
+            bar.set_postfix(points=f"{n_evaluated[done].mean() / size:.2%}")
+    return HalfPoses(rotations, shifts, acc.direct_inversion(), indices, n_evaluated,
+                     int(size))

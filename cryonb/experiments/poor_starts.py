@@ -38,8 +38,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from ..backprojection import BackprojectionAccumulator
 from ..dataset import Dataset
+from ..final_poses import map_pose_pass
 from ..likelihood import PoseSubset
 from ..metrics import ReferenceScore, score_against_reference
 from ..objective import MarginalObjective, QuadratureOptions
@@ -247,19 +247,13 @@ def projection_matching_refinement(
         objective.set_band_limit(float(w))
         objective.sampler = (None if rotations is None
                              else LocalWindow(rotations, shifts_A, params.local_radius))
-        rotations, shifts_A = np.zeros((n, 3, 3)), np.zeros((n, 2))
-        indices, n_eval = np.zeros((n, 3), dtype=np.int64), np.zeros(n)
-        acc = BackprojectionAccumulator(objective.model_for(float(w)))
-        for start in range(0, n, params.batch_size):
-            local = np.arange(start, min(n, start + params.batch_size))
-            objective.evaluate(volume, local, gradient=False, record=False, iteration=k)
-            res = objective.last_result
-            rotations[local], shifts_A[local] = res.map_rotations, res.map_shifts_A
-            indices[local] = np.stack([res.map_direction, res.map_inplane, res.map_shift], 1)
-            n_eval[local] = res.n_evaluated
-            acc.add(dataset.images(local), res.map_rotations, res.map_shifts_A,
-                    None if dataset.ctf is None else dataset.ctf.subset(local))
-        volume = acc.direct_inversion()
+        batches = [np.arange(a, min(n, a + params.batch_size))
+                   for a in range(0, n, params.batch_size)]
+        found = map_pose_pass(objective, volume, dataset, objective.model_for(float(w)),
+                              batches, iteration=k)
+        rotations, shifts_A, indices = found.rotations, found.shifts_A, found.indices
+        n_eval = found.n_evaluated
+        volume = found.volume
         if params.positivity:
             volume = np.maximum(volume, 0.0)
         size = objective.likelihood.quadrature.size
