@@ -275,14 +275,31 @@ class AbInitioRun:
         with self.folder.lock():
             return self._run(resume)
 
-    def _run(self, resume: bool) -> dict[str, Any]:
+    @classmethod
+    def from_checkpoint(cls, dataset: Dataset, out_dir: str | Path, **kwargs: Any) -> AbInitioRun:
+        """The job of run folder ``out_dir`` as it stood at its last checkpoint, not running:
+        the saved configuration on ``dataset`` (the job's input particles), with the working
+        images, the common solver and, after the split, :attr:`halves` (maps, records, sampler
+        records, schedule clock) restored as a resume does.  ``kwargs``: ``progress``,
+        ``callback``, ``client``.  Raises FileNotFoundError without a checkpoint."""
+        state = RunFolder(Path(out_dir)).load_checkpoint()
+        if state is None:
+            raise FileNotFoundError(f"{out_dir}: no checkpoint.npz")
+        config = AbInitioConfig.from_json(json.loads(str(state["config"])))
+        run = cls(dataset, Path(out_dir), config, **kwargs)
+        run._restore(state)
+        return run
+
+    def _restore(self, state: dict[str, Any] | None) -> None:
         self._prepare()
-        state = self.folder.load_checkpoint() if resume else None
         if state is not None:
             self._check_resume(state)
         self.common = self._common_solver()
         if state is not None:
             self._load(state)
+
+    def _run(self, resume: bool) -> dict[str, Any]:
+        self._restore(self.folder.load_checkpoint() if resume else None)
         old_handlers = {}
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:

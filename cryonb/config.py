@@ -178,6 +178,13 @@ class AbInitioConfig:
 
         return json.loads(json.dumps(asdict(self)))
 
+    @classmethod
+    def from_json(cls, saved: dict[str, Any]) -> AbInitioConfig:
+        """The configuration :meth:`as_json` saved (an older version's upgraded, fields this
+        version does not know dropped, missing ones at their defaults)."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in upgrade_saved(saved).items() if k in known})
+
     # ------------------------------------------------------------------ translation
     def band_limits(self, pixel_size_A: float) -> BandLimitSchedule:
         """The job's frequency marching for images of ``pixel_size_A`` (first stage not set:

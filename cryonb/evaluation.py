@@ -30,6 +30,10 @@ class Evaluation:
     fraction_first_visit : float
         Share of the images whose importance sampler held no posterior before this
         evaluation (a first visit is scored on every point); NaN without a sampler.
+    fraction_domains : dict of str to float
+        ``fraction_directions``, ``fraction_inplane``, ``fraction_shifts``: per domain, the mean
+        fraction of its points scored (:func:`cryonb.importance.evaluated_domain_fractions`);
+        empty when the objective does not sample poses.
     token : object
         Opaque; pass back as ``reuse=`` to evaluate again on the same pose samples.
     timings : dict of str to float
@@ -42,6 +46,7 @@ class Evaluation:
     grad: NDArray | None
     fraction_evaluated: float = 1.0
     fraction_first_visit: float = float("nan")
+    fraction_domains: dict[str, float] = field(default_factory=dict)
     token: Any = None
     timings: dict[str, float] = field(default_factory=dict)
 

@@ -137,7 +137,12 @@ class FinalResult:
     run_dir: Path
 
     def row(self) -> dict[str, Any]:
-        """One table row (JSON-ready): the molecule, the resolutions and the wall times."""
+        """One table row (JSON-ready): the molecule, the resolutions, the ab initio map's
+        real-space correlation with the truth (after alignment), the iterations (common +
+        per half), the solver time and the wall times."""
+        its = self.summary.get("iterations") or {}
+        corr = self.summary.get("truth_correlation")
+        solver_s = self.summary.get("wall_time_s")
         return {
             "molecule": self.molecule.title, "symmetry (run in C1)": self.molecule.symmetry,
             "particles": self.params.n_particles, "box (px)": self.params.rec_box,
@@ -146,6 +151,9 @@ class FinalResult:
             "ab initio FSC 0.5": self.abinitio_res05.label,
             "true poses FSC 0.5": self.true_pose_res05.label,
             "ab initio hand flipped": self.abinitio_flipped,
+            "correlation": None if corr is None else round(float(corr), 3),
+            "iterations (common + half)": f"{its.get('common', 0)} + {its.get('half1', 0)}",
+            "solver (s)": None if solver_s is None else round(float(solver_s), 1),
             "ab initio (s)": round(self.abinitio_s, 1),
             "true poses (s)": round(self.true_pose_s, 1),
             "simulate (s)": round(self.simulate_s, 1),

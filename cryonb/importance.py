@@ -53,7 +53,7 @@ NumPy on the host; randomness comes only from the ``rng`` argument.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,14 +66,18 @@ from .likelihood import LikelihoodResult, PoseSubset
 from .quadrature import Quadrature
 
 __all__ = [
+    "DOMAINS",
     "DomainSample",
     "ISSchedule",
     "ImportanceSampler",
     "draw_domain",
+    "evaluated_domain_fractions",
     "log_estimate",
 ]
 
-_DOMAINS = ("directions", "inplane", "shifts")
+#: the three domains of the quadrature, in the order of its points (direction, in-plane, shift)
+DOMAINS = ("directions", "inplane", "shifts")
+_DOMAINS = DOMAINS
 
 #: per quadrature point, the host engine's sparse path (an image on its own pose subset) costs
 #: about this many times its dense path (images sharing the whole grid, by GEMMs), value and
@@ -94,6 +98,30 @@ class DomainSample:
     n_draws: int
     ess: float
     enumerated: bool
+
+
+def evaluated_domain_fractions(subsets: Sequence[PoseSubset] | None,
+                               quadrature: Quadrature) -> dict[str, float]:
+    """Per domain, the mean over images of the fraction of its points an evaluation scored.
+
+    Parameters
+    ----------
+    subsets : one :class:`~cryonb.likelihood.PoseSubset` per image (what
+        :meth:`ImportanceSampler.sample` drew, exhaustive ones included), or None (every
+        point of every image)
+    quadrature : the grid the subsets index
+
+    Returns
+    -------
+    ``{"fraction_directions": ..., "fraction_inplane": ..., "fraction_shifts": ...}``, each in
+    (0, 1]: the measured Fig. 7 of the paper (distinct indices, so a point drawn twice counts
+    once).
+    """
+    sizes = (quadrature.n_directions, quadrature.n_inplane, quadrature.n_shifts)
+    if subsets is None or len(subsets) == 0:
+        return {f"fraction_{d}": 1.0 for d in DOMAINS}
+    return {f"fraction_{d}": float(np.mean([len(getattr(s, d)) for s in subsets])) / size
+            for d, size in zip(DOMAINS, sizes, strict=True)}
 
 
 def draw_domain(q: ArrayLike, ess_scale: float, rng: np.random.Generator,
@@ -195,7 +223,9 @@ class ImportanceSampler:
     ----------
     history : list of dicts per :meth:`sample` call: ``iteration``, ``fraction_evaluated``
         (mean over the batch of evaluated / total quadrature points), ``speedup``
-        (its inverse), ``n_points`` and mean proposal ESS per domain
+        (its inverse), ``n_points``, the fraction of each domain's points drawn
+        (``fraction_directions`` ..., :func:`evaluated_domain_fractions`) and mean proposal ESS
+        per domain
     """
 
     def __init__(
@@ -389,6 +419,7 @@ class ImportanceSampler:
             "iteration": int(iteration), "fraction_evaluated": frac, "speedup": 1.0 / frac,
             "n_points": int(n_points.sum()), "alpha": self.schedule.alpha(iteration),
             "fraction_exact": n_full / max(1, len(ids)),
+            **evaluated_domain_fractions(subsets, quadrature),
             **{f"ess_{d}": float(np.mean(ess[d])) for d in _DOMAINS}})
         return subsets
 

@@ -27,6 +27,7 @@ from .dataset import Dataset
 from .evaluation import Evaluation
 from .fourier import nyquist_invA
 from .image_model import ImageModel
+from .importance import evaluated_domain_fractions
 from .likelihood import Engine, make_engine
 from .quadrature import Quadrature
 from .streaming import Prefetcher
@@ -111,6 +112,7 @@ class SampledObjective:
         grad = None if result.gradient is None else -np.asarray(result.gradient, np.float64)
         return Evaluation(nll=-np.asarray(result.log_likelihood, dtype=np.float64), grad=grad,
                           fraction_evaluated=fraction, fraction_first_visit=first,
+                          fraction_domains=evaluated_domain_fractions(subsets, lik.quadrature),
                           token=(prepared, subsets), timings=times)
 
 

@@ -40,6 +40,7 @@ from numpy.typing import NDArray
 from .band_limit import BandLimitSchedule
 from .evaluation import Evaluation, Objective
 from .gradient_memory import GradientMemory
+from .importance import DOMAINS
 from .marching import StagePolicy
 from .priors import NoPrior, Prior
 from .profiling import PHASES, field_name
@@ -87,6 +88,7 @@ def random_spheres(box_size: int, rng: np.random.Generator, *, n_spheres: int = 
 _RECORD_FIELDS = ("iteration", "clock", "stage", "max_freq_invA", "objective", "prior",
                   "heldout_nll",
                   "L", "eps", "step_size", "fraction_evaluated", "fraction_first_visit",
+                  *(f"fraction_{d}" for d in DOMAINS),
                   "wall_time_s", "batch", "t_iteration_s", *(field_name(p) for p in PHASES))
 
 
@@ -401,7 +403,10 @@ class SAGDSolver:
                   "heldout_nll": heldout, "L": st.L,
                   "eps": eps, "step_size": eps / st.L,
                   "fraction_evaluated": ev.fraction_evaluated,
-                  "fraction_first_visit": ev.fraction_first_visit, "wall_time_s": st.elapsed_s,
+                  "fraction_first_visit": ev.fraction_first_visit,
+                  **{f"fraction_{d}": ev.fraction_domains.get(f"fraction_{d}", math.nan)
+                     for d in DOMAINS},
+                  "wall_time_s": st.elapsed_s,
                   "batch": batch, "t_iteration_s": took,
                   **{field_name(ph): float(times.get(ph, 0.0)) for ph in PHASES}}
         st.records.append(record)
@@ -565,3 +570,7 @@ class SAGDSolver:
         if self._state.stage >= 0:
             self.objective.set_band_limit(self.last_band_limit_invA)
         self.objective.load_state_dict(state["objective"])
+        # the schedule clock of the last iteration, as step() had set it
+        records = self._state.records
+        self._sampling_t = (None if not records else self._sampling_time(
+            float(records[-1]["max_freq_invA"]), len(self._stage_records()) - 1))

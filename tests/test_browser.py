@@ -423,7 +423,7 @@ def test_notebook_runs_in_jupyterlab(lab, browser, path, tmp_path):
             return (not any("*" in p for p in prompts) and _kernel_ready(lab, name)
                     and any(ch.isdigit() for ch in "".join(prompts)))
 
-        _wait(finished, 1800, "all cells to run", poll_s=1.0)
+        _wait(finished, 2700, "all cells to run", poll_s=1.0)
         time.sleep(1.0)  # let the last outputs and widget views render
         ARTEFACTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(ARTEFACTS / f"{path.stem}_page.png"), full_page=True)

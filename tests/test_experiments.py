@@ -18,6 +18,8 @@ from cryonb.experiments import (
     align_snapshots,
     domain_fraction_table,
     evenly_spaced,
+    fractions_by_band_limit,
+    history_fraction_table,
     prior_configs,
     projection_matching_refinement,
     sphere_volume,
@@ -158,24 +160,21 @@ def _fake_run(n_halves=0):
 
 
 def test_recorder_keeps_the_start_the_last_map_of_each_band_limit_and_the_domains():
-    """A hand-built run: three iterations at 1/40, two at 1/30; ESS per domain 3, 1, 5 with
-    s_B = 10 on a 300 x 30 x 20 grid gives 30/300, 10/30 and (50 >= 0.95 * 20) 1."""
+    """A hand-built run: three iterations at 1/40, two at 1/30, the solver records holding
+    the batch's per-domain fractions 0.1, 1/3, 1 (a grid of 300 x 30 x 20 with 30, 10 and
+    20 points drawn); the recorder keeps them, and a record without them gives NaN."""
     run = _fake_run()
-    sizes = (300, 30, 20)
-    quad = SimpleNamespace(n_directions=sizes[0], n_inplane=sizes[1], n_shifts=sizes[2])
-    history = [{"ess_directions": 3.0, "ess_inplane": 1.0, "ess_shifts": 5.0}]
-    sampler = SimpleNamespace(history=history, ess_scale=10.0, enumerate_fraction=0.95)
     start = np.full((4, 4, 4), -1.0)
-    solver = SimpleNamespace(initial_volume=start, volume=None,
-                             objective=SimpleNamespace(sampler=sampler,
-                                                       likelihood=SimpleNamespace(quadrature=quad)))
+    solver = SimpleNamespace(initial_volume=start, volume=None)
     recorder = RunRecorder()
-    expected_fraction = (30 * 10 * 20) / np.prod(sizes)
+    domains = {"fraction_directions": 30 / 300, "fraction_inplane": 10 / 30,
+               "fraction_shifts": 20 / 20}
+    expected_fraction = (30 * 10 * 20) / (300 * 30 * 20)
     for it, w in enumerate([1 / 40] * 3 + [1 / 30] * 2, start=1):
         run.common.state.elapsed_s = 2.0 * it
         solver.volume = np.full((4, 4, 4), float(it))
         recorder(run, solver, {"iteration": it, "max_freq_invA": w,
-                               "fraction_evaluated": expected_fraction})
+                               "fraction_evaluated": expected_fraction, **domains})
     snaps = recorder.snapshots
     assert [s.phase for s in snaps] == ["start", "common", "common"]
     np.testing.assert_array_equal(snaps[0].volume, start)
@@ -191,11 +190,49 @@ def test_recorder_keeps_the_start_the_last_map_of_each_band_limit_and_the_domain
     # one image's draw: the product of its domains' fractions is its fraction of the grid
     product = table[["fraction_directions", "fraction_inplane", "fraction_shifts"]].prod(axis=1)
     np.testing.assert_allclose(product, table["fraction_evaluated"])
+    old = RunRecorder()
+    old(run, solver, {"iteration": 1, "max_freq_invA": 1 / 40, "fraction_evaluated": 1.0})
+    assert np.isnan(domain_fraction_table(old.rows)["fraction_shifts"]).all()
     every = RunRecorder(every=2)
     for it in range(1, 6):
         solver.volume = np.full((4, 4, 4), float(it))
         every(run, solver, {"iteration": it, "max_freq_invA": 1 / 40, "fraction_evaluated": 1.0})
     assert [s.iteration for s in every.snapshots[1:]] == [2, 4, 5]
+
+
+def test_history_fraction_table_orders_phases_and_adds_the_common_time(tmp_path):
+    """From a history of two phases (common 2 iterations ending at 8 s, half1 2 at 3 and 5 s
+    of its own time): common then half1, half1's times offset by 8 s, per-domain columns kept,
+    a history without them (older runs) NaN there; read alike from a DataFrame, a .csv.gz and
+    a run folder; summarised per band limit with medians and minima by hand."""
+    import pandas as pd
+
+    history = pd.DataFrame({
+        "phase": ["common", "common", "half1", "half1", "half2"],
+        "iteration": [0, 1, 0, 1, 0], "max_freq_invA": [0.025, 0.03, 1 / 30, 1 / 30, 1 / 30],
+        "wall_time_s": [4.0, 8.0, 3.0, 5.0, 3.0],
+        "fraction_evaluated": [1.0, 0.5, 0.02, 0.01, 0.03],
+        "fraction_directions": [1.0, 0.5, 0.1, 0.05, 0.3],
+        "fraction_inplane": [1.0, 1.0, 0.5, 0.5, 0.3], "fraction_shifts": [1.0] * 5})
+    table = history_fraction_table(history)
+    assert list(table["phase"]) == ["common", "common", "half1", "half1"]
+    np.testing.assert_allclose(table["time_s"], [4.0, 8.0, 11.0, 13.0])
+    np.testing.assert_allclose(table["fraction_directions"], [1.0, 0.5, 0.1, 0.05])
+    np.testing.assert_allclose(table["band_limit_A"], [40.0, 1 / 0.03, 30.0, 30.0])
+    assert list(table["step"]) == [0, 1, 2, 3]
+    history.to_csv(tmp_path / "h.csv.gz", index=False)
+    history.to_csv(tmp_path / "history.csv", index=False)
+    for source in (tmp_path / "h.csv.gz", tmp_path, str(tmp_path / "history.csv")):
+        pd.testing.assert_frame_equal(history_fraction_table(source), table)
+    summary = fractions_by_band_limit(table)
+    assert list(summary["phase"]) == ["common", "common", "half1"]
+    assert list(summary["iterations"]) == [1, 1, 2]
+    np.testing.assert_allclose(summary["all_median"], [1.0, 0.5, 0.015])
+    np.testing.assert_allclose(summary["all_min"], [1.0, 0.5, 0.01])
+    np.testing.assert_allclose(summary["directions_median"], [1.0, 0.5, 0.075])
+    older = history_fraction_table(history.drop(columns=["fraction_directions"]))
+    assert np.isnan(older["fraction_directions"]).all()
+    np.testing.assert_allclose(older["fraction_evaluated"], [1.0, 0.5, 0.02, 0.01])
 
 
 def test_recorder_ignores_phases_it_is_not_asked_for():
@@ -258,3 +295,19 @@ def test_paper_figures_draw():
     result = SimpleNamespace(scores=[None, score], start_score=None)
     fig = refinement_scores_figure({"sphere": result}, reference={"SAGD": 50.0, "none": None})
     assert len(fig.axes[0].lines) == 4  # the line, its filled markers, open markers, SAGD
+
+
+def test_bundled_fig7_history_reads_as_a_fig7_table():
+    """The bundled long run's history (data_samples/README.md) gives Fig. 7: the common phase
+    then half 1, every fraction in (0, 1], the band limit never falling within a phase, and
+    the overall fraction no larger than any domain's (a product of fractions per image)."""
+    from cryonb.samples import sample_path
+
+    table = history_fraction_table(sample_path("fig7_groel_box128_history.csv.gz"))
+    assert list(dict.fromkeys(table["phase"])) == ["common", "half1"]
+    cols = ["fraction_evaluated", "fraction_directions", "fraction_inplane", "fraction_shifts"]
+    values = table[cols].to_numpy(float)
+    assert np.isfinite(values).all() and (values > 0).all() and (values <= 1 + 1e-12).all()
+    for _, part in table.groupby("phase"):
+        assert (np.diff(part["max_freq_invA"].to_numpy(float)) >= 0).all()
+    assert (table["fraction_evaluated"] <= table[cols[1:]].min(axis=1) + 1e-6).all()

@@ -17,7 +17,7 @@ PARAMS = [pytest.param(p, marks=pytest.mark.slow) if p.name in SLOW_NOTEBOOKS el
 @pytest.mark.parametrize("path", PARAMS, ids=[p.name for p in NOTEBOOKS])
 def test_notebook_executes(path, tmp_path):
     nb = nbformat.read(path, as_version=4)
-    NotebookClient(nb, timeout=1200 if path.name in SLOW_NOTEBOOKS else 600, kernel_name="python3",
+    NotebookClient(nb, timeout=2400 if path.name in SLOW_NOTEBOOKS else 600, kernel_name="python3",
                    resources={"metadata": {"path": str(tmp_path)}}).execute()
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
               if o.get("output_type") == "error"]

@@ -74,3 +74,42 @@ def test_first_visits_are_counted_per_evaluation():
     assert np.isnan(rows[1]["fraction_first_visit"])
     lines = format_profile(rows).splitlines()
     assert "new" in lines[0].split() and "75%" in lines[1].split() and "-" in lines[2].split()
+
+
+def test_domain_fractions_are_measured_from_the_drawn_subsets():
+    """Per domain, the mean share of its points scored: hand-made subsets give their sizes
+    over the domain's; a sampled evaluation's per-domain fractions multiply to its overall
+    fraction for one image, reach the sampler's history and the solver's record."""
+    from cryonb.dataset import Dataset
+    from cryonb.importance import ImportanceSampler, ISSchedule, evaluated_domain_fractions
+    from cryonb.likelihood import PoseSubset
+    from cryonb.objective import MarginalObjective, QuadratureOptions
+    from cryonb.viz import domain_fractions
+
+    rng = np.random.default_rng(1)
+    n, box = 10, 16
+    ds = Dataset.from_arrays(rng.standard_normal((n, box, box)), 6.0)
+    vol = rng.standard_normal((box,) * 3)
+    opts = QuadratureOptions(shift_sigma_A=6.0, shift_extent_A=6.0)
+    obj = MarginalObjective(ds, 1.0, rng=rng, quadrature=opts,
+                            sampler=ImportanceSampler(n, ISSchedule.constant(0.05, 1.0),
+                                                      dense_fraction=1.0))
+    obj.set_band_limit(0.03)
+    q = obj.likelihood.quadrature
+    sizes = (q.n_directions, q.n_inplane, q.n_shifts)
+    hand = [PoseSubset(np.arange(2), np.arange(3), np.arange(1), np.zeros(2), np.zeros(3),
+                       np.zeros(1)), PoseSubset.full(q)]
+    got = evaluated_domain_fractions(hand, q)
+    for d, k, size in zip(("directions", "inplane", "shifts"), (2, 3, 1), sizes, strict=True):
+        assert got[f"fraction_{d}"] == pytest.approx((k / size + 1.0) / 2)
+    assert evaluated_domain_fractions(None, q) == {f"fraction_{d}": 1.0
+                                                   for d in ("directions", "inplane", "shifts")}
+    # a visited image's draw from a sharp record: fewer points than the grid in some domain
+    obj.evaluate(vol, np.arange(n), gradient=False, record=True, iteration=0)
+    one = obj.evaluate(vol, np.array([4]), gradient=False, record=True, iteration=1)
+    f = one.fraction_domains
+    assert np.prod([f[f"fraction_{d}"] for d in ("directions", "inplane", "shifts")]) \
+        == pytest.approx(one.fraction_evaluated)
+    assert one.fraction_evaluated < 1.0
+    entry = obj.sampler.history[-1]
+    assert domain_fractions(entry, sizes, obj.sampler.ess_scale) == f

@@ -581,7 +581,7 @@ def test_dashboard_draws_the_surface_snapshots_per_band_limit_and_eta():
     assert panels.progress_bar.value == 1.0 and "100 % of 8 iterations" in panels.eta.value
     # known poses: no importance sampler, every point evaluated
     assert [r["fraction_evaluated"] for r in panels.domain_rows] == [1.0] * 8
-    assert "fraction_directions" not in panels.domain_rows[0]
+    assert np.isnan(panels.domain_rows[0]["fraction_directions"])  # no sampler: unknown
     assert panels.fsc_curve is None  # a bare solver has no halves
 
 

@@ -4,7 +4,8 @@
 :mod:`.snapshots`           Fig. 5 (the map against compute time, aligned to the truth) and
                             Fig. 7 (fraction of quadrature points per domain) from one run:
                             :class:`RunRecorder`, :func:`align_snapshots`,
-                            :func:`domain_fraction_table`
+                            :func:`domain_fraction_table`, :func:`history_fraction_table` (from
+                            a finished run's ``history.csv``)
 :mod:`.poor_starts`         Fig. 9: projection-matching refinement (hard assignment, local
                             search) from poor starts: :func:`projection_matching_refinement`,
                             :func:`poor_start_volumes`
@@ -31,6 +32,8 @@ from .snapshots import (
     align_snapshots,
     domain_fraction_table,
     evenly_spaced,
+    fractions_by_band_limit,
+    history_fraction_table,
     snapshot_table,
 )
 
@@ -46,6 +49,8 @@ __all__ = [
     "compare_priors",
     "domain_fraction_table",
     "evenly_spaced",
+    "fractions_by_band_limit",
+    "history_fraction_table",
     "poor_start_volumes",
     "prior_configs",
     "priors_table",

@@ -8,10 +8,11 @@
   and scores it at FSC 0.5, the curve capped at the snapshot's band limit (above it nothing
   was fitted).
 * Fig. 7: the fraction of quadrature points importance sampling evaluates, per domain
-  (directions, in-plane angles, shifts), against iteration and band limit: the recorder takes
-  the sampler's last history entry at every iteration (:func:`cryonb.viz.domain_fractions`:
-  ``min(ceil(s_B ESS), |D|) / |D|`` at the batch's mean ESS, 1 where the domain is
-  enumerated) and :func:`domain_fraction_table` makes the table the figure draws.
+  (directions, in-plane angles, shifts), against iteration and band limit: every solver record
+  holds the training batch's measured fractions (``fraction_directions`` ...,
+  :func:`cryonb.importance.evaluated_domain_fractions`); the recorder keeps them and
+  :func:`domain_fraction_table` makes the table the figure draws, or
+  :func:`history_fraction_table` makes it from a finished run's ``history.csv``.
 
 Only the common phase and the first half-set are recorded by default (the job's map develops
 there; the second half repeats the first's schedule on other images).
@@ -25,18 +26,19 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from ..importance import DOMAINS
 from ..metrics import FSCResult, Resolution, score_against_reference
 
 __all__ = ["AlignedSnapshot", "RunRecorder", "Snapshot", "align_snapshots",
-           "domain_fraction_table", "evenly_spaced", "snapshot_table"]
+           "domain_fraction_table", "evenly_spaced", "fractions_by_band_limit",
+           "history_fraction_table", "snapshot_table"]
 
-#: The importance-sampled domains, in the order of the quadrature's sizes.
-DOMAINS = ("directions", "inplane", "shifts")
 
 
 @dataclass(frozen=True, eq=False)
@@ -119,10 +121,9 @@ class RunRecorder:
             self._periodic[(phase, snap.iteration)] = snap
         row = {"step": len(self.rows), "iteration": int(record["iteration"]), "phase": phase,
                "max_freq_invA": w, "time_s": t,
-               "fraction_evaluated": float(record["fraction_evaluated"])}
-        from ..viz.runs import solver_domain_fractions  # pure function; no figure is drawn
-
-        row.update(solver_domain_fractions(solver.objective))
+               "fraction_evaluated": float(record["fraction_evaluated"]),
+               **{f"fraction_{d}": float(record.get(f"fraction_{d}", np.nan))
+                  for d in DOMAINS}}
         self.rows.append(row)
 
     @property
@@ -218,6 +219,72 @@ def snapshot_table(aligned: Sequence[AlignedSnapshot]) -> Any:
         "band_limit_A": round(1.0 / a.snapshot.max_freq_invA, 1),
         "fsc05_vs_truth_A": round(a.resolution.value_A, 1), "crossed": a.resolution.crossed,
         "correlation": round(a.correlation, 3), "flipped": a.flipped} for a in aligned])
+
+
+def history_fraction_table(history: Any, phases: Sequence[str] = ("common", "half1")) -> Any:
+    """Fig. 7's table from a run's history, the rows of ``phases`` in that order.
+
+    ``history``: a pandas DataFrame of ``history.csv`` (e.g.
+    :attr:`cryonb.run_folder.FinishedRun.history`), the path of such a file (``.csv`` or
+    ``.csv.gz``) or a run folder holding one.
+
+    ``time_s`` is the solver time of the job: a half-set's own time plus the common phase's.
+    A history of an older version, without the per-domain columns, gives NaN there (the
+    overall ``fraction_evaluated`` is always recorded).
+
+    Returns
+    -------
+    the columns of :func:`domain_fraction_table`
+    """
+    import pandas as pd
+
+    if isinstance(history, (str, Path)):
+        path = Path(history)
+        table = pd.read_csv(path / "history.csv" if path.is_dir() else path)
+    else:
+        table = pd.DataFrame(history)
+    common_s = 0.0
+    if "common" in set(table["phase"]):
+        common_s = float(table.loc[table["phase"] == "common", "wall_time_s"].max())
+    rows = []
+    for phase in phases:
+        part = table[table["phase"] == phase]
+        offset = 0.0 if phase == "common" else common_s
+        for r in part.to_dict("records"):
+            rows.append({"step": len(rows), "iteration": int(r["iteration"]), "phase": phase,
+                         "max_freq_invA": float(r["max_freq_invA"]),
+                         "time_s": float(r["wall_time_s"]) + offset,
+                         "fraction_evaluated": float(r["fraction_evaluated"]),
+                         **{f"fraction_{d}": float(r.get(f"fraction_{d}", np.nan))
+                            for d in DOMAINS}})
+    return domain_fraction_table(rows)
+
+
+def fractions_by_band_limit(table: Any) -> Any:
+    """Fig. 7 in numbers: per phase and band limit (in the order run), the iterations and the
+    median and smallest fraction of points evaluated, overall and per domain.
+
+    ``table``: :func:`domain_fraction_table` or :func:`history_fraction_table`.
+
+    Returns
+    -------
+    pandas.DataFrame: ``phase``, ``band_limit_A``, ``iterations``, ``all_median``,
+    ``all_min``, ``directions_median``, ``inplane_median``, ``shifts_median``
+    """
+    import pandas as pd
+
+    rows = []
+    keys = table["phase"].astype(str) + "@" + table["max_freq_invA"].round(9).astype(str)
+    for _, part in table.groupby(keys, sort=False):
+        row = {"phase": part["phase"].iloc[0],
+               "band_limit_A": round(float(part["band_limit_A"].iloc[0]), 1),
+               "iterations": len(part),
+               "all_median": float(part["fraction_evaluated"].median()),
+               "all_min": float(part["fraction_evaluated"].min())}
+        for d in DOMAINS:
+            row[f"{d}_median"] = float(part[f"fraction_{d}"].median())
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def domain_fraction_table(rows: Sequence[dict[str, Any]]) -> Any:

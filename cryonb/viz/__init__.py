@@ -22,18 +22,25 @@ functions, so a script, a report or a headless CI run gets the same picture as t
 :func:`is_study_figure`           IS error and cost against ``s_B`` from a study table
 :func:`is_error_curves_figure`    the paper's Fig. 6 from :class:`cryonb.is_study.ISErrorCurve`\\ s
 :func:`posterior_kl_figure`       the paper's Fig. 3: posterior KL between epochs
+:func:`snapshots_figure`          the paper's Fig. 5: the map against solver time, aligned
+:func:`domain_fractions_figure`   the paper's Fig. 7: points evaluated per domain, band limit
+:func:`map_gallery_figure`        maps side by side (Fig. 9's starts and results)
+:func:`refinement_scores_figure`  FSC 0.5 vs truth per projection-matching iteration (Fig. 9)
+:func:`final_results_figure`      Fig. 11-like: truth, ab initio and true-pose maps, FSCs
 ================================  ===========================================================
 
 plus the small computations they share (:func:`contrast_limits`, :func:`figure_png`,
 :func:`ctf_zeros_invA`, :func:`history_table`, :func:`is_study_table`,
 :func:`is_study_summary`, :func:`resolve_is_columns`, :func:`history_time_table`,
-:func:`domain_fractions`, :func:`snapshot_view`).  Low-pass filtering is
+:func:`domain_fractions`, :func:`plot_domain_fractions`, :func:`snapshot_view`,
+:func:`iso_level`).  Low-pass filtering is
 :func:`cryonb.fourier.lowpass`.
 
 Figures are built without pyplot (no global state).  Modules: :mod:`.maps` (volumes, images,
 posteriors, snapshots, reprojections), :mod:`.ctf`, :mod:`.curves` (FSC, solver history),
 :mod:`.runs` (a run: FSC in Å, history against time, IS per domain), :mod:`.orientations`
-(direction histograms), :mod:`.is_figures` (importance-sampling study).  Conventions
+(direction histograms), :mod:`.is_figures` (importance-sampling study), :mod:`.paper` (the
+paper's Figs. 5, 7 and 9), :mod:`.molecules` (Fig. 11-like final results).  Conventions
 (``docs/conventions.md``): volumes ``[z, y, x]``, images ``[y, x]`` drawn with row 0 at the
 top, coordinates in Å from the box centre.
 """
@@ -59,12 +66,21 @@ from .maps import (
     snapshot_view,
     volume_slices_figure,
 )
+from .molecules import final_results_figure
 from .orientations import DirectionHistogram, direction_histogram, orientation_figure
+from .paper import (
+    domain_fractions_figure,
+    iso_level,
+    map_gallery_figure,
+    refinement_scores_figure,
+    snapshots_figure,
+)
 from .runs import (
     domain_fractions,
     fsc_resolution_figure,
     history_time_table,
     is_domains_figure,
+    plot_domain_fractions,
     run_history_figure,
 )
 
@@ -78,7 +94,9 @@ __all__ = [
     "direction_histogram",
     "direction_posterior",
     "domain_fractions",
+    "domain_fractions_figure",
     "figure_png",
+    "final_results_figure",
     "fsc_figure",
     "fsc_resolution_figure",
     "history_table",
@@ -89,15 +107,20 @@ __all__ = [
     "is_study_figure",
     "is_study_summary",
     "is_study_table",
+    "iso_level",
+    "map_gallery_figure",
     "orientation_figure",
     "orthogonal_slices",
     "particle_page_figure",
+    "plot_domain_fractions",
     "posterior_kl_figure",
     "projection_matching_figure",
+    "refinement_scores_figure",
     "resolve_is_columns",
     "run_history_figure",
     "snapshot_strip_figure",
     "snapshot_view",
+    "snapshots_figure",
     "solver_history_figure",
     "volume_slices_figure",
 ]

@@ -137,11 +137,11 @@ def is_study_figure(table: Any, *, s_B: float | None = None,
         ax_trade.set_yscale("log")
     ax_frac.set_yscale("log")
     ax_err.set_xlabel("s_B")
-    ax_err.set_ylabel("|relative error| of log p(I | θ, V)")
+    ax_err.set_ylabel("mean |relative error| of log p(I | θ, V)")
     ax_frac.set_xlabel("s_B")
     ax_frac.set_ylabel("fraction of points evaluated")
     ax_trade.set_xlabel("fraction of points evaluated")
-    ax_trade.set_ylabel("|relative error|")
+    ax_trade.set_ylabel("mean |relative error|")
     if not ax_trade.get_title():
         ax_trade.set_title("error against cost", fontsize=8)
     if ax_err.get_legend_handles_labels()[0]:

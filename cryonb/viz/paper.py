@@ -26,12 +26,11 @@ from numpy.typing import ArrayLike
 
 from ._common import contrast_limits
 from .maps import snapshot_view
+from .runs import plot_domain_fractions
 
 __all__ = ["domain_fractions_figure", "iso_level", "map_gallery_figure",
            "refinement_scores_figure", "snapshots_figure"]
 
-#: The domains of Fig. 7, in the order drawn (``fraction_<domain>`` columns).
-DOMAIN_COLUMNS = ("directions", "inplane", "shifts")
 
 
 def iso_level(volume: ArrayLike, enclosed_fraction: float = 0.06) -> float:
@@ -145,25 +144,15 @@ def domain_fractions_figure(table: Any, *, title: str = "") -> Figure:
                 transform=ax.transAxes)
         return fig
     x = table["step"].to_numpy(float)
-    series = [("fraction_evaluated", "all points", "k", 1.8)] + [
-        (f"fraction_{d}", d, f"C{i}", 1.1) for i, d in enumerate(DOMAIN_COLUMNS)]
-    positive = True
-    for key, label, colour, lw in series:
-        y = table[key].to_numpy(float) if key in table else np.full(len(x), np.nan)
-        if np.isfinite(y).any():
-            ax.plot(x, y, color=colour, lw=lw, label=label, drawstyle="steps-post")
-            positive &= bool((y[np.isfinite(y)] > 0).all())
-    if positive:
-        ax.set_yscale("log")
+    plot_domain_fractions(ax, x, {k: table[k].to_numpy(float) for k in table.columns
+                                  if str(k).startswith("fraction_")}, step=True)
     phases = table["phase"].to_numpy()
     for i in np.flatnonzero(phases[1:] != phases[:-1]) + 1:
         for a in (ax, ax_w):
             a.axvline(x[i], color="0.5", lw=0.7, ls=":")
         ax.text(x[i], 1.0, f" {phases[i]}", fontsize=6, va="top",
                 transform=ax.get_xaxis_transform())
-    ax.set_ylabel("fraction evaluated")
     ax.set_title(title or "importance sampling: quadrature points evaluated", fontsize=9)
-    ax.legend(fontsize=6, loc="lower left")
     ax_w.plot(x, table["band_limit_A"].to_numpy(float), color="C3", drawstyle="steps-post")
     ax_w.invert_yaxis()
     ax_w.set_ylabel("band limit (Å)")

@@ -13,7 +13,9 @@ from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
+from numpy.typing import ArrayLike
 
+from ..importance import DOMAINS  # re-exported: the importance-sampled domains
 from .curves import (
     add_resolution_axis,
     fsc_figure,
@@ -24,10 +26,7 @@ from .curves import (
 )
 
 __all__ = ["DOMAINS", "domain_fractions", "fsc_resolution_figure", "history_time_table",
-           "is_domains_figure", "run_history_figure"]
-
-#: The importance-sampled domains (:class:`cryonb.importance.ImportanceSampler`).
-DOMAINS = ("directions", "inplane", "shifts")
+           "is_domains_figure", "plot_domain_fractions", "run_history_figure"]
 
 def fsc_resolution_figure(curves: Sequence, labels: Sequence[str], *, title: str = "",
                           thresholds: Sequence[float] = (0.143, 0.5)) -> Figure:
@@ -97,14 +96,18 @@ def domain_fractions(entry: dict[str, Any], domain_sizes: Sequence[int],
     """Fraction of each domain's points drawn, from one entry of an importance sampler's
     ``history`` (mean proposal ESS per domain, ``ess_directions`` ...).
 
-    The sampler draws ``n = min(ceil(s_B ESS), |D|)`` points from a domain and enumerates it
-    when ``n >= enumerate_fraction |D|`` (:func:`cryonb.importance.draw_domain`); this is that
-    ``n / |D|`` at the batch's mean ESS (an upper bound: repeated draws count once).
+    The sampler records, per domain, the mean fraction of its points it drew
+    (``fraction_directions`` ..., :func:`cryonb.importance.evaluated_domain_fractions`); those
+    are returned.  An entry without them (a sampler of an older version) gives the estimate
+    from the batch's mean ESS: ``n / |D|`` with ``n = min(ceil(s_B ESS), |D|)``, 1 when
+    ``n >= enumerate_fraction |D|`` (:func:`cryonb.importance.draw_domain`).
 
     Returns
     -------
     ``{"fraction_directions": ..., "fraction_inplane": ..., "fraction_shifts": ...}``
     """
+    if all(f"fraction_{d}" in entry for d in DOMAINS):
+        return {f"fraction_{d}": float(entry[f"fraction_{d}"]) for d in DOMAINS}
     out = {}
     for d, size in zip(DOMAINS, domain_sizes, strict=True):
         ess = float(entry.get(f"ess_{d}", np.nan))
@@ -116,45 +119,48 @@ def domain_fractions(entry: dict[str, Any], domain_sizes: Sequence[int],
     return out
 
 
-def solver_domain_fractions(objective: Any) -> dict[str, float]:
-    """:func:`domain_fractions` of an objective's importance sampler at its last batch, on
-    the objective's current grid ({} without a sampler, a record or a band limit)."""
-    sampler = getattr(objective, "sampler", None)
-    likelihood = getattr(objective, "likelihood", None)
-    if sampler is None or not getattr(sampler, "history", None) or likelihood is None:
-        return {}
-    q = likelihood.quadrature
-    return domain_fractions(sampler.history[-1], (q.n_directions, q.n_inplane, q.n_shifts),
-                            sampler.ess_scale, sampler.enumerate_fraction)
+def plot_domain_fractions(ax: Any, x: ArrayLike, columns: dict[str, ArrayLike], *,
+                          step: bool = False) -> None:
+    """Draw the fractions of points evaluated on ``ax``: all points in black, each domain in
+    its colour, on a log axis when every value is positive; a series of NaN is left out.
+
+    ``columns``: ``{"fraction_evaluated": (n,), "fraction_directions": (n,), ...}`` against
+    ``x`` (n,); ``step``: draw as steps (a value holds until the next iteration).
+    """
+    x = np.asarray(x, dtype=np.float64)
+    series = [("fraction_evaluated", "all points", "k", 1.6)] + [
+        (f"fraction_{d}", d, f"C{i}", 1.0) for i, d in enumerate(DOMAINS)]
+    positive = True
+    for key, label, colour, lw in series:
+        y = np.asarray(columns.get(key, np.full(len(x), np.nan)), dtype=np.float64)
+        if np.isfinite(y).any():
+            ax.plot(x, y, color=colour, lw=lw, label=label,
+                    drawstyle="steps-post" if step else "default")
+            positive &= bool((y[np.isfinite(y)] > 0).all())
+    if positive and ax.lines:
+        ax.set_yscale("log")
+    ax.set_ylabel("fraction evaluated")
+    ax.tick_params(labelsize=7)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=6, loc="lower left")
 
 
 def is_domains_figure(rows: Sequence[dict[str, Any]], *, title: str = "") -> Figure:
     """Fraction of quadrature points importance sampling evaluates, per domain and overall.
 
     ``rows``: one dict per iteration with ``step`` and ``fraction_evaluated`` and, when known,
-    ``fraction_directions``, ``fraction_inplane``, ``fraction_shifts`` (draws over the domain's
-    size; see :func:`domain_fractions`).
+    ``fraction_directions``, ``fraction_inplane``, ``fraction_shifts`` (the share of each
+    domain's points scored: :func:`cryonb.importance.evaluated_domain_fractions`).  The
+    paper's Fig. 7 with the band limit below is :func:`cryonb.viz.domain_fractions_figure`.
     """
     fig = Figure(figsize=(4.6, 2.8), layout="constrained")
     ax = fig.subplots()
     if not rows:
         ax.text(0.5, 0.5, "no iterations yet", ha="center", va="center", fontsize=8,
                 transform=ax.transAxes)
-    x = np.array([r["step"] for r in rows], dtype=np.float64)
-    names = [("fraction_evaluated", "all points", "k", 1.6)] + [
-        (f"fraction_{d}", d, f"C{i}", 1.0) for i, d in enumerate(("directions", "inplane",
-                                                                   "shifts"))]
-    for key, label, colour, lw in names:
-        y = np.array([r.get(key, np.nan) for r in rows], dtype=np.float64)
-        if np.isfinite(y).any():
-            ax.plot(x, y, color=colour, lw=lw, label=label)
-    values = [r.get(k, np.nan) for r in rows for k, *_ in names]
-    if values and all(v > 0 for v in values if np.isfinite(v)):
-        ax.set_yscale("log")
+    keys = ["fraction_evaluated", *(f"fraction_{d}" for d in DOMAINS)]
+    plot_domain_fractions(ax, [r["step"] for r in rows],
+                          {k: [r.get(k, np.nan) for r in rows] for k in keys})
     ax.set_xlabel("iteration (all phases)")
-    ax.set_ylabel("fraction evaluated")
     ax.set_title(title or "importance sampling: points evaluated", fontsize=9)
-    ax.tick_params(labelsize=7)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=6)
     return fig

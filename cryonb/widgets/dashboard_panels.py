@@ -8,8 +8,9 @@
   (:func:`cryonb.metrics.fsc` capped at :meth:`cryonb.abinitio.AbInitioRun.fitted_band_limit_invA`;
   SAGD's half-maps share the common start, so this is a progress indicator, not the
   gold standard the job computes at its end);
-* the fraction of quadrature points evaluated per domain (:func:`cryonb.viz.domain_fractions`
-  from the importance sampler's ``history``; :func:`cryonb.viz.is_domains_figure`);
+* the fraction of quadrature points evaluated per domain (the solver record's measured
+  ``fraction_directions`` ..., :func:`cryonb.importance.evaluated_domain_fractions`;
+  :func:`cryonb.viz.is_domains_figure`);
 * the budget's progress and an ETA (:func:`budget_progress`).
 
 Everything read from the solver or the job goes through public attributes: ``solver.volume``,
@@ -26,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from ..importance import DOMAINS
 from ..viz import fsc_resolution_figure, is_domains_figure, snapshot_strip_figure
-from ..viz.runs import solver_domain_fractions
 from ._common import new_image, show_figure
 
 __all__ = ["BudgetProgress", "LivePanels", "budget_progress", "format_duration",
@@ -181,8 +182,9 @@ class LivePanels:
             self.snapshots.append((solver.volume.copy(),
                                    f"{format_duration(t)}\n{1.0 / w:.1f} Å", w, t))
         row = {"step": step, "phase": phase,
-               "fraction_evaluated": float(record["fraction_evaluated"])}
-        row.update(solver_domain_fractions(solver.objective))
+               "fraction_evaluated": float(record["fraction_evaluated"]),
+               **{f"fraction_{d}": float(record.get(f"fraction_{d}", math.nan))
+                  for d in DOMAINS}}
         self.domain_rows.append(row)
 
     def snapshot(self, target: Any) -> dict[str, Any]:
