@@ -4,6 +4,7 @@ limit; checked against the live run it was written by and against the direct Eq.
 import numpy as np
 import pytest
 from scipy.special import logsumexp
+from test_abinitio import BOX, PSIZE, _blobs  # the same tiny blob molecule
 
 from cryonb.abinitio import AbInitioConfig, AbInitioRun
 from cryonb.importance import log_estimate
@@ -11,7 +12,6 @@ from cryonb.is_study_run import load_run_half, run_is_study
 from cryonb.likelihood import reference_log_joint
 from cryonb.synthetic.particles import SimulationParams, load_simulation, simulate_to_files
 
-BOX, PSIZE = 16, 12.0
 CONFIG = AbInitioConfig(start_res_A=40.0, split_res_A=30.0, freq_step_invA=1 / 120,
                         first_stage_images=200, iterations_per_stage=4, batch_size=40,
                         n_heldout=20, particle_radius_A=None, shift_sigma_A=5.0,
@@ -21,16 +21,6 @@ CONFIG = AbInitioConfig(start_res_A=40.0, split_res_A=30.0, freq_step_invA=1 / 1
 # the last band limit, 1/30 Å^-1, is below Nyquist (1/24): exactly at Nyquist the engine's sum
 # and the direct one differed by up to 0.008 nats for some images (the unpaired Nyquist row
 # of an even box), which is not what this file tests
-
-
-def _blobs(rng):
-    k = np.arange(BOX) - BOX // 2
-    z, y, x = np.meshgrid(k, k, k, indexing="ij")
-    vol = np.zeros((BOX,) * 3)
-    for c in [(-3, 0, 1), (2, 2, -2), (0, -3, -2), (3, -1, 3), (-1, 3, 2)]:
-        vol += rng.uniform(0.5, 1.5) * np.exp(
-            -((x - c[0]) ** 2 + (y - c[1]) ** 2 + (z - c[2]) ** 2) / (2 * 1.2**2))
-    return vol.astype(np.float32)
 
 
 @pytest.fixture(scope="module")
